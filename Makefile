@@ -1,0 +1,29 @@
+# Two commands for a fresh machine: `make demo` (the main job on the embedded sample data) and
+# `make test` (the whole suite). Both build .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXTRAS ?= all,dev
+
+.PHONY: venv demo test bench clean
+
+$(STAMP): pyproject.toml scripts/install-torch
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	scripts/install-torch $(PY)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ntire demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs data

@@ -1,0 +1,21 @@
+"""Errors a user can act on. The CLI prints their message and exits 2, never a stack trace."""
+
+
+class NtireError(Exception):
+    """Base class: a problem with the user's input, files or options, described in the message."""
+
+
+class ImageError(NtireError):
+    """An image file that cannot be read, or is of a kind ntire does not accept."""
+
+
+class DataError(NtireError):
+    """A dataset folder, shard or sample that is missing, malformed or inconsistent."""
+
+
+class CheckpointError(NtireError):
+    """A checkpoint file or folder that is missing, unsafe or not of a known layout."""
+
+
+class ConfigError(NtireError):
+    """A configuration file or option with an unknown key or an invalid value."""

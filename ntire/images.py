@@ -1,0 +1,112 @@
+"""Reading and writing 8-bit RGB images, and moving them to and from tensors.
+
+Everything in ntire works on 8-bit RGB in the 0-255 range (the paper's rgb_range 255). Inputs of
+other kinds are converted where that loses nothing a score depends on (greyscale, palette, opaque
+alpha) and refused with a message naming the file otherwise (transparency, 16-bit depth).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ntire.errors import ImageError
+from ntire.files import atomic_write_bytes
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+_SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to an (H, W, 3) uint8 array; `name` labels errors."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return _to_rgb_array(im, name)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ImageError(f"{name}: cannot decode image ({e})") from None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as an (H, W, 3) uint8 RGB array.
+
+    Raises ImageError naming the file if it is missing, unreadable, 16-bit or transparent.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
+    return decode_image(data, str(path))
+
+
+def _to_rgb_array(im: Image.Image, name: str) -> np.ndarray:
+    mode = im.mode
+    if mode in _SIXTEEN_BIT_MODES or (mode.startswith("I;16")) or mode in ("RGB;16", "RGBA;16"):
+        raise ImageError(
+            f"{name}: {mode} image with more than 8 bits per channel; ntire trains and scores "
+            "8-bit RGB, convert it first (e.g. scale to 0-255 and save as 8-bit PNG)"
+        )
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"))
+        if (rgba[..., 3] != 255).any():
+            raise ImageError(
+                f"{name}: image has transparent pixels; flatten it onto a background first"
+            )
+        return np.ascontiguousarray(rgba[..., :3])
+    if mode != "RGB":
+        # Greyscale, palette, CMYK, YCbCr: converting to RGB is lossless for scoring purposes.
+        im = im.convert("RGB")
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def encode_png(image: np.ndarray, compress_level: int = 6) -> bytes:
+    """Encode an (H, W, 3) uint8 array as PNG bytes."""
+    _check_uint8_rgb(image)
+    buf = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray, compress_level: int = 6) -> None:
+    """Write an (H, W, 3) uint8 array as a PNG file, atomically."""
+    atomic_write_bytes(path, encode_png(image, compress_level))
+
+
+def _check_uint8_rgb(image: np.ndarray) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 array, got {image.dtype} {image.shape}")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: not a folder")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def image_to_tensor(image: np.ndarray):
+    """(H, W, 3) uint8 array -> (1, 3, H, W) float32 tensor in [0, 255]."""
+    import torch
+
+    _check_uint8_rgb(image)
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float()
+
+
+def tensor_to_image(tensor) -> np.ndarray:
+    """(1, 3, H, W) or (3, H, W) float tensor in [0, 255] -> (H, W, 3) uint8, rounded and clipped."""
+    import torch
+
+    t = tensor.detach()
+    if t.ndim == 4:
+        if t.shape[0] != 1:
+            raise ValueError(f"expected a batch of one image, got shape {tuple(t.shape)}")
+        t = t[0]
+    t = t.float().round().clamp(0, 255).to("cpu", dtype=torch.uint8)
+    return np.ascontiguousarray(t.permute(1, 2, 0).numpy())

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from ntire.errors import ImageError
+from ntire.images import image_to_tensor, read_image, tensor_to_image, write_png
+
+
+def test_png_round_trip_is_exact(tmp_path, photo):
+    write_png(tmp_path / "a.png", photo)
+    assert np.array_equal(read_image(tmp_path / "a.png"), photo)
+
+
+def test_tensor_round_trip_rounds_and_clips(photo):
+    t = image_to_tensor(photo)
+    assert t.shape == (1, 3, 512, 512) and t.dtype.is_floating_point
+    assert np.array_equal(tensor_to_image(t + 0.4), photo)
+    assert tensor_to_image(t * 0 - 5).max() == 0
+    assert tensor_to_image(t * 0 + 300).min() == 255
+
+
+def test_greyscale_is_converted(tmp_path):
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    Image.fromarray(grey, "L").save(tmp_path / "g.png")
+    out = read_image(tmp_path / "g.png")
+    assert out.shape == (8, 8, 3) and np.array_equal(out[..., 1], grey)
+
+
+def test_opaque_alpha_is_dropped_but_transparency_refused(tmp_path, photo):
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    assert np.array_equal(read_image(tmp_path / "opaque.png"), photo)
+    rgba[0, 0, 3] = 10
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    with pytest.raises(ImageError, match="clear.png.*transparent"):
+        read_image(tmp_path / "clear.png")
+
+
+def test_sixteen_bit_refused_naming_file(tmp_path):
+    Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(tmp_path / "deep.png")
+    with pytest.raises(ImageError, match="deep.png.*8 bits"):
+        read_image(tmp_path / "deep.png")
+
+
+def test_garbage_and_missing_files_name_the_file(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ImageError, match="bad.png"):
+        read_image(tmp_path / "bad.png")
+    with pytest.raises(ImageError, match="nope.png"):
+        read_image(tmp_path / "nope.png")
