@@ -5,12 +5,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= all,dev
+DEEPSPEED_VERSION ?= 0.19.8
 
 .PHONY: venv demo test bench clean
 
 $(STAMP): pyproject.toml scripts/install-torch
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	scripts/install-torch $(PY)
+	# DeepSpeed ships as an sdist whose build imports torch: build it against the torch just
+	# installed, or pip's isolated build env would fetch a second (CUDA) torch.
+	$(PY) -m pip install -q --no-build-isolation "deepspeed==$(DEEPSPEED_VERSION)"
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 

@@ -6,10 +6,15 @@ import argparse
 import sys
 
 from ntire import __version__
+from ntire.commands import degrade
+from ntire.commands import evaluate
 from ntire.errors import NtireError
 
 # name -> module with HELP, add_arguments(parser), run(args). Keep in the order a user meets them.
-COMMANDS: dict = {}
+COMMANDS: dict = {
+    "degrade": degrade,
+    "evaluate": evaluate,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,89 @@
+"""`ntire degrade`: make LR images from HR images for the bicubic or unknown track.
+
+SRC is an image file or a folder of images. For a folder, DST is a folder (created if needed) and
+each image becomes `DST/<stem>x<S>.png`, as DIV2K names its LR files (`0801.png` ->
+`0801x4.png`). For a file, DST is either a `.png` path or an existing folder (then the same
+`<stem>x<S>.png` name is used). HR images are first cropped to a multiple of the scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "make LR images from HR: MATLAB bicubic (track 1) or the unknown-track stand-in (track 2)"
+
+_TRACKS = ("bicubic", "unknown")  # ntire.data.degrade.TRACKS; repeated to keep numpy out of --help
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--track",
+        required=True,
+        choices=_TRACKS,
+        help="bicubic: MATLAB imresize, as DIV2K's LR_bicubic; unknown: a documented blur + "
+        "decimation stand-in (the real operator is unpublished; use DIV2K's LR_unknown to train)",
+    )
+    parser.add_argument(
+        "--scale", required=True, type=int, metavar="S", help="downscaling factor, e.g. 2, 3 or 4"
+    )
+    parser.add_argument("src", type=Path, metavar="SRC", help="HR image file or folder of images")
+    parser.add_argument("dst", type=Path, metavar="DST", help="output .png file or folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ntire.data.degrade import UNKNOWN_BLUR, degrade
+    from ntire.errors import ConfigError, NtireError
+    from ntire.images import read_image, write_png
+
+    if args.scale < 1:
+        raise ConfigError(f"--scale must be a positive integer, got {args.scale}")
+    if args.track == "unknown" and args.scale not in UNKNOWN_BLUR:
+        known = ", ".join(str(s) for s in sorted(UNKNOWN_BLUR))
+        raise ConfigError(f"--scale {args.scale}: the unknown-track stand-in is defined for scales {known}")
+    jobs = _plan(args.src, args.dst, args.scale)
+    # disable=None: a bar on a terminal only, and none for a single file.
+    desc = f"degrade {args.track} x{args.scale}"
+    progress = tqdm(jobs, unit="image", desc=desc, disable=None if len(jobs) > 1 else True)
+    for src, dst in progress:
+        hr = read_image(src)
+        try:
+            lr = degrade(hr, args.scale, args.track)
+        except NtireError as e:
+            raise type(e)(f"{src}: {e}") from None
+        write_png(dst, lr)
+    where = jobs[0][1] if len(jobs) == 1 else args.dst
+    print(f"degraded {len(jobs)} image(s) ({args.track}, x{args.scale}) -> {where}")
+    return 0
+
+
+def _plan(src: Path, dst: Path, scale: int) -> list[tuple[Path, Path]]:
+    """(input, output) pairs; refuses outputs that would overwrite an input or each other."""
+    from ntire.errors import ImageError
+    from ntire.images import list_images
+
+    if src.is_dir():
+        if dst.exists() and not dst.is_dir():
+            raise ImageError(f"{dst}: SRC {src} is a folder, so DST must be a folder")
+        if dst.resolve() == src.resolve():
+            raise ImageError(f"{dst}: DST is the input folder; write the LR images to another folder")
+        files = list_images(src)
+        if not files:
+            raise ImageError(f"{src}: no images found in this folder")
+        jobs = [(f, dst / f"{f.stem}x{scale}.png") for f in files]
+        seen: dict[Path, Path] = {}
+        for f, out in jobs:
+            if out in seen:
+                raise ImageError(f"{seen[out]} and {f} would both be written to {out}")
+            seen[out] = f
+        return jobs
+    if not src.is_file():
+        raise ImageError(f"{src}: no such file or folder")
+    out = dst / f"{src.stem}x{scale}.png" if dst.is_dir() else dst
+    if out.suffix.lower() != ".png":
+        raise ImageError(f"{dst}: output is written as PNG; name it *.png or give an existing folder")
+    if out.resolve() == src.resolve():
+        raise ImageError(f"{out}: would overwrite the input; pick another DST")
+    return [(src, out)]

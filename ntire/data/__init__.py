@@ -1,0 +1,1 @@
+"""Data: dataset layouts, bundled sample photos, degradation (HR -> LR), shards and loaders."""
