@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ntire import __version__
+from ntire.commands import convert
 from ntire.commands import degrade
 from ntire.commands import evaluate
 from ntire.errors import NtireError
@@ -14,6 +15,7 @@ from ntire.errors import NtireError
 COMMANDS: dict = {
     "degrade": degrade,
     "evaluate": evaluate,
+    "convert": convert,
 }
 
 

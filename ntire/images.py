@@ -96,7 +96,9 @@ def image_to_tensor(image: np.ndarray):
     import torch
 
     _check_uint8_rgb(image)
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float()
+    # Decoded images can be read-only views; torch.from_numpy would warn on those.
+    src = image if image.flags.writeable else image.copy()
+    return torch.from_numpy(np.ascontiguousarray(src)).permute(2, 0, 1).unsqueeze(0).float()
 
 
 def tensor_to_image(tensor) -> np.ndarray:

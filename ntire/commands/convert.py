@@ -1,0 +1,59 @@
+"""`ntire convert SRC.pt DST_DIR`: a released EDSR/MDSR state_dict into an ntire checkpoint folder."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+HELP = "convert a released EDSR/MDSR .pt file into an ntire checkpoint folder (safetensors + config)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", type=Path, metavar="SRC.pt", help="released state_dict (edsr_x4-4f62e9ef.pt)")
+    parser.add_argument("dst", type=Path, metavar="DST_DIR", help="folder for model.safetensors + config.yaml")
+    parser.add_argument("--force", action="store_true", help="overwrite a checkpoint already in DST_DIR")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ntire.checkpoint import WEIGHTS_NAME, load_model, save_model
+    from ntire.errors import CheckpointError
+    from ntire.models.build import count_parameters, receptive_field_radius
+    from ntire.models.official import load_released
+
+    if (args.dst / WEIGHTS_NAME).exists() and not args.force:
+        raise CheckpointError(f"{args.dst}: already holds a checkpoint; pass --force to overwrite it")
+    model, config = load_released(args.src)
+    scales = ", ".join(f"x{s}" for s in config.scales)
+    print(f"{args.src.name}: {config.name} ({config.kind}) {scales}")
+    print(
+        f"  blocks {config.n_blocks}, features {config.n_feats}, residual scale {config.res_scale:g}, "
+        f"rgb range {config.rgb_range:g}, mean {tuple(round(m, 4) for m in config.rgb_mean)}"
+    )
+    radius = receptive_field_radius(config)
+    print(f"  {count_parameters(model):,} parameters, receptive field radius {radius} LR px")
+
+    metadata = {
+        "source": str(args.src.resolve()),
+        "source_sha256": _sha256(args.src),
+        "converted_by": "ntire convert",
+    }
+    save_model(args.dst, model, config, metadata)
+    # Read it back: the folder must hold exactly the released tensors.
+    reloaded, reloaded_config = load_model(args.dst)
+    original = model.state_dict()
+    same = all(torch.equal(v, original[k]) for k, v in reloaded.state_dict().items())
+    if reloaded_config != config or not same:
+        raise CheckpointError(f"{args.dst}: the written checkpoint does not read back identical")
+    print(f"wrote {args.dst / WEIGHTS_NAME} and config.yaml")
+    return 0
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
