@@ -7,13 +7,17 @@ import sys
 
 from ntire import __version__
 from ntire.commands import convert
+from ntire.commands import data
 from ntire.commands import degrade
 from ntire.commands import evaluate
+from ntire.commands import upscale
 from ntire.errors import NtireError
 
 # name -> module with HELP, add_arguments(parser), run(args). Keep in the order a user meets them.
 COMMANDS: dict = {
+    "data": data,
     "degrade": degrade,
+    "upscale": upscale,
     "evaluate": evaluate,
     "convert": convert,
 }

@@ -1,0 +1,144 @@
+"""`ntire upscale`: super-resolve an image or a folder of images with a checkpoint.
+
+Outputs are 8-bit RGB PNGs named after their input's stem (`0901x4.png` -> `DST/0901x4.png`),
+which is how NTIRE submissions name SR files. SRC may be a file (DST is then a `.png` path or an
+existing folder) or a folder (DST is a folder, created if needed).
+
+`--tile` bounds memory without changing a single output value (tiles overlap by the network's
+receptive-field radius); `--self-ensemble` runs inside each tile, so it stays bounded too.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "super-resolve an image or a folder of images with a trained or released checkpoint"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="checkpoint folder or .safetensors (with its config), or a released EDSR/MDSR .pt",
+    )
+    parser.add_argument("--scale", required=True, type=int, help="upscaling factor; the model must support it")
+    parser.add_argument(
+        "--self-ensemble",
+        action="store_true",
+        help="average the 8 flips/rotations (the paper's '+' models; 8x the compute)",
+    )
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="T",
+        help="run in T x T LR-pixel tiles (e.g. 128) to bound memory; the output is identical",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=4,
+        metavar="N",
+        help="most images (tiles or ensemble variants) per forward pass (default 4)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
+    )
+    parser.add_argument("src", type=Path, metavar="SRC", help="LR image file or folder of images")
+    parser.add_argument("dst", type=Path, metavar="DST", help="output .png file or folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ntire.checkpoint import load_model
+    from ntire.errors import ConfigError
+    from ntire.images import read_image, write_png
+    from ntire.inference import upscale_image
+
+    if args.tile is not None and args.tile < 1:
+        raise ConfigError(f"--tile must be a positive number of LR pixels, got {args.tile}")
+    if args.max_batch < 1:
+        raise ConfigError(f"--max-batch must be at least 1, got {args.max_batch}")
+    device = _device(args.device)
+    jobs = _plan(args.src, args.dst)
+
+    model, config = load_model(args.checkpoint, map_location="cpu")
+    if args.scale not in config.scales:
+        supported = "/".join(f"x{s}" for s in config.scales)
+        raise ConfigError(
+            f"--scale {args.scale}: checkpoint {args.checkpoint} ({config.name}) upscales {supported} only"
+        )
+    model.eval().to(device)
+
+    progress = tqdm(jobs, unit="image", desc="upscale", disable=None if len(jobs) > 1 else True)
+    for src, dst in progress:
+        image = read_image(src)
+        try:
+            sr = upscale_image(
+                model,
+                config,
+                image,
+                scale=args.scale,
+                tile=args.tile,
+                self_ensemble=args.self_ensemble,
+                device=device,
+                max_batch=args.max_batch,
+            )
+        except torch.OutOfMemoryError:
+            raise ConfigError(
+                f"{src}: out of memory on {device}; use --tile (e.g. --tile 128) or a smaller --max-batch"
+            ) from None
+        write_png(dst, sr)
+    where = jobs[0][1] if len(jobs) == 1 else args.dst
+    print(f"upscaled {len(jobs)} image(s) x{args.scale} with {config.name} -> {where}")
+    return 0
+
+
+def _device(name: str | None):
+    import torch
+
+    from ntire.errors import ConfigError
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"--device {name}: not a torch device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def _plan(src: Path, dst: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs; refuses anything that would overwrite an input or another output."""
+    from ntire.errors import ImageError
+    from ntire.images import list_images
+
+    if src.is_dir():
+        if dst.exists() and not dst.is_dir():
+            raise ImageError(f"{dst}: SRC is a folder, so DST must be a folder")
+        files = list_images(src)
+        if not files:
+            raise ImageError(f"{src}: no images found")
+        if dst.resolve() == src.resolve():
+            raise ImageError(f"{dst}: writing into the input folder would overwrite inputs; pick another DST")
+        jobs = [(f, dst / f"{f.stem}.png") for f in files]
+        by_output: dict[Path, Path] = {}
+        for f, out in jobs:
+            if out in by_output:
+                raise ImageError(f"{by_output[out]} and {f} would both be written to {out}")
+            by_output[out] = f
+        return jobs
+    if not src.is_file():
+        raise ImageError(f"{src}: no such file or folder")
+    out = dst / f"{src.stem}.png" if dst.is_dir() else dst
+    if out.suffix.lower() != ".png":
+        raise ImageError(f"{dst}: output is written as PNG; name it *.png or give an existing folder")
+    if out.resolve() == src.resolve():
+        raise ImageError(f"{out}: would overwrite the input; pick another DST")
+    return [(src, out)]

@@ -1,0 +1,155 @@
+"""`ntire upscale` end to end on tiny saved checkpoints: files, folders, errors without tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ntire.__main__ import COMMANDS, main
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Tiny EDSR x2 and MDSR x2/3/4 checkpoint folders (random weights)."""
+    import torch
+
+    from ntire.checkpoint import save_model
+    from ntire.config import ModelConfig
+    from ntire.models.build import build_model
+
+    root = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for name, config in [
+        ("edsr", ModelConfig(kind="edsr", scales=(2,), n_blocks=1, n_feats=8)),
+        ("mdsr", ModelConfig(kind="mdsr", scales=(2, 3, 4), n_blocks=1, n_feats=8)),
+    ]:
+        torch.manual_seed(0)
+        out[name] = save_model(root / name, build_model(config), config)
+    return out
+
+
+def _save(path, image, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image, mode).save(path)
+
+
+def _expected(checkpoint, image, scale, **kwargs):
+    """What the library computes for the same checkpoint and image."""
+    from ntire.checkpoint import load_model
+    from ntire.inference import upscale_image
+
+    model, config = load_model(checkpoint)
+    return upscale_image(model, config, image, scale=scale, **kwargs)
+
+
+def _upscale(checkpoint, scale, src, dst, *extra):
+    return main(["upscale", "--checkpoint", str(checkpoint), "--scale", str(scale), "--device", "cpu", *extra, str(src), str(dst)])
+
+
+def test_registered():
+    assert "upscale" in COMMANDS
+
+
+def test_file_to_file_matches_the_library_and_tiling_changes_nothing(checkpoints, tmp_path, rng):
+    image = rng.integers(0, 256, (13, 18, 3), dtype=np.uint8)
+    _save(tmp_path / "0901x2.png", image)
+    assert _upscale(checkpoints["edsr"], 2, tmp_path / "0901x2.png", tmp_path / "out" / "sr.png") == 0
+    whole = np.asarray(Image.open(tmp_path / "out" / "sr.png"))
+    assert whole.shape == (26, 36, 3) and whole.dtype == np.uint8
+    np.testing.assert_array_equal(whole, _expected(checkpoints["edsr"], image, 2))
+
+    assert _upscale(checkpoints["edsr"], 2, tmp_path / "0901x2.png", tmp_path / "tiled.png", "--tile", "5") == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "tiled.png")), whole)
+
+
+def test_self_ensemble_flag_and_file_into_existing_folder(checkpoints, tmp_path, rng):
+    image = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    _save(tmp_path / "a.png", image)
+    (tmp_path / "out").mkdir()
+    assert _upscale(checkpoints["mdsr"], 3, tmp_path / "a.png", tmp_path / "out", "--self-ensemble") == 0
+    got = np.asarray(Image.open(tmp_path / "out" / "a.png"))
+    np.testing.assert_array_equal(got, _expected(checkpoints["mdsr"], image, 3, self_ensemble=True))
+    assert not np.array_equal(got, _expected(checkpoints["mdsr"], image, 3))
+
+
+def test_folder_names_outputs_after_input_stems(checkpoints, tmp_path, rng, capsys):
+    src = tmp_path / "LR"
+    colour = rng.integers(0, 256, (10, 8, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (7, 9), dtype=np.uint8)
+    _save(src / "0801x2.png", colour)
+    _save(src / "0802x2.png", grey, "L")  # greyscale input is converted to RGB
+    (src / "notes.txt").write_text("not an image")
+    assert _upscale(checkpoints["edsr"], 2, src, tmp_path / "SR") == 0
+    assert sorted(p.name for p in (tmp_path / "SR").iterdir()) == ["0801x2.png", "0802x2.png"]
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "SR" / "0801x2.png")), _expected(checkpoints["edsr"], colour, 2)
+    )
+    assert np.asarray(Image.open(tmp_path / "SR" / "0802x2.png")).shape == (14, 18, 3)
+    assert "2 image(s)" in capsys.readouterr().out
+
+
+def _fails(capsys, *args) -> str:
+    assert _upscale(*args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_unsupported_scale_names_the_option(checkpoints, tmp_path, rng, capsys):
+    _save(tmp_path / "a.png", rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    err = _fails(capsys, checkpoints["edsr"], 4, tmp_path / "a.png", tmp_path / "b.png")
+    assert "--scale 4" in err and "x2 only" in err
+    assert not (tmp_path / "b.png").exists()
+
+
+def test_bad_inputs_and_options_are_reported_not_raised(checkpoints, tmp_path, rng, capsys):
+    rgba = rng.integers(0, 256, (6, 6, 4), dtype=np.uint8)
+    rgba[0, 0, 3] = 0
+    _save(tmp_path / "clear.png", rgba, "RGBA")
+    _save(tmp_path / "deep.png", np.full((6, 6), 40000, dtype=np.uint16))  # 16-bit greyscale
+    ckpt = checkpoints["edsr"]
+    assert "clear.png" in _fails(capsys, ckpt, 2, tmp_path / "clear.png", tmp_path / "o.png")
+    assert "transparent" in _fails(capsys, ckpt, 2, tmp_path / "clear.png", tmp_path / "o.png")
+    assert "deep.png" in _fails(capsys, ckpt, 2, tmp_path / "deep.png", tmp_path / "o.png")
+    assert "missing.png" in _fails(capsys, ckpt, 2, tmp_path / "missing.png", tmp_path / "o.png")
+    assert "--tile" in _fails(capsys, ckpt, 2, tmp_path / "clear.png", tmp_path / "o.png", "--tile", "0")
+    assert "overwrite" in _fails(capsys, ckpt, 2, tmp_path, tmp_path)
+    assert "no such checkpoint" in _fails(capsys, tmp_path / "nope", 2, tmp_path / "clear.png", tmp_path / "o.png")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_error_in_a_real_process_prints_one_line_and_exits_2(checkpoints, tmp_path):
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    _save(tmp_path / "clear.png", rgba, "RGBA")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ntire", "upscale", "--checkpoint", str(checkpoints["edsr"]), "--scale", "2",
+         str(tmp_path / "clear.png"), str(tmp_path / "o.png")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "clear.png" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+
+
+def test_released_layout_pt_file_loads_by_path(tmp_path, rng):
+    """A plain state_dict in the authors' layout (as in edsr_baseline_x2-1bc95232.pt) is enough."""
+    import torch
+
+    from ntire.config import ModelConfig
+    from ntire.inference import upscale_image
+    from ntire.models.build import build_model
+
+    config = ModelConfig(kind="edsr", scales=(3,), n_blocks=2, n_feats=8)
+    torch.manual_seed(3)
+    model = build_model(config).eval()
+    torch.save(model.state_dict(), tmp_path / "edsr_tiny_x3.pt")
+    image = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    _save(tmp_path / "a.png", image)
+    assert _upscale(tmp_path / "edsr_tiny_x3.pt", 3, tmp_path / "a.png", tmp_path / "sr.png") == 0
+    want = upscale_image(model, config, image, scale=3)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "sr.png")), want)
