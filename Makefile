@@ -31,3 +31,16 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs data
+
+# `make submission TRACK={bicubic,unknown} [SCALES="2 3 4"] [SPLIT=test|valid] [DATA=DIR] [MANIFEST=...]`:
+# validated challenge zips per scale (see submissions/README.md). With no arguments: the sample
+# data's valid split, with the demo's model (or a small one trained first), in a few minutes.
+TRACK ?= bicubic
+MANIFEST ?= submissions/sample.yaml
+SCALES ?=
+SPLIT ?=
+DATA ?=
+
+.PHONY: submission
+submission: $(STAMP)
+	$(PY) -m ntire submit --manifest $(MANIFEST) --track $(TRACK) $(if $(strip $(SCALES)),--scales $(SCALES)) $(if $(SPLIT),--split $(SPLIT)) $(if $(DATA),--data $(DATA))

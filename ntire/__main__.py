@@ -8,18 +8,28 @@ import sys
 from ntire import __version__
 from ntire.commands import convert
 from ntire.commands import data
+from ntire.commands import demo
 from ntire.commands import degrade
 from ntire.commands import evaluate
+from ntire.commands import train
+from ntire.commands import tune
 from ntire.commands import upscale
+from ntire.commands import submit
+from ntire.commands import benchmark
 from ntire.errors import NtireError
 
 # name -> module with HELP, add_arguments(parser), run(args). Keep in the order a user meets them.
 COMMANDS: dict = {
+    "demo": demo,
     "data": data,
     "degrade": degrade,
+    "train": train,
+    "tune": tune,
     "upscale": upscale,
     "evaluate": evaluate,
     "convert": convert,
+    "submit": submit,
+    "benchmark": benchmark,
 }
 
 

@@ -146,9 +146,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        candidates = [a for a in args if a is not type(None)]
+        if len(candidates) == 1:
+            # Optional[X]: X's own error says more than "does not fit X | None".
+            return _coerce(candidates[0], value, where)
+        for arg in candidates:
             try:
                 return _coerce(arg, value, where)
             except ConfigError:

@@ -1,0 +1,293 @@
+"""The paper's Table 3 for any checkpoint: PSNR/SSIM on the standard sets, bicubic vs model vs model+.
+
+Each set is scored under its own protocol (see ntire.metrics): the benchmark sets (Set5, Set14,
+B100, Urban100, or any set in the same layout) on Y with `scale` border pixels ignored; DIV2K
+validation (0801-0900) on RGB with `scale + 6` ignored. SR output is rounded to 8 bits before it
+is scored, and the HR image is cropped to the SR size (top-left, MATLAB's modcrop) where the set's
+HR sizes are not multiples of the scale.
+
+Layout under `root` (ntire.data.layout): `benchmark/<Set>/HR`, `benchmark/<Set>/LR_bicubic/X<s>`,
+and `DIV2K/DIV2K_valid_HR`, `DIV2K/DIV2K_valid_LR_bicubic/X<s>`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ntire.errors import ConfigError, DataError
+from ntire.files import atomic_write_text
+
+TABLE3_SETS = ("Set5", "Set14", "B100", "Urban100")
+"""The paper's benchmark sets, in its order; DIV2K validation comes last."""
+
+DIV2K_SET = "DIV2K"
+"""The name under which DIV2K validation (0801-0900, bicubic LR) is a set of the report."""
+
+Upscale = Callable[[np.ndarray], np.ndarray]
+"""uint8 LR image -> uint8 SR image."""
+
+
+@dataclass
+class Row:
+    """One set at one scale: mean scores of bicubic, the model, and the model with self-ensemble."""
+
+    set_name: str
+    """Set name (`Set5`, ..., `DIV2K`)."""
+
+    scale: int
+    """Upscaling factor."""
+
+    protocol: str
+    """`benchmark` (Y, shave scale) or `div2k` (RGB, shave scale + 6)."""
+
+    n_images: int
+    """Images scored."""
+
+    bicubic: dict[str, float]
+    """Mean {"psnr", "ssim"} of MATLAB-bicubic upscaling."""
+
+    model: dict[str, float] | None = None
+    """Mean {"psnr", "ssim"} of the model, None if it was not run."""
+
+    model_plus: dict[str, float] | None = None
+    """Mean {"psnr", "ssim"} of the model with geometric self-ensemble, None if not run."""
+
+    per_image: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """Image name -> {"bicubic"/"model"/"model_plus": {"psnr", "ssim"}}."""
+
+
+@dataclass
+class Report:
+    """A Table 3 for one model (one checkpoint per scale, or one MDSR for all)."""
+
+    model_name: str
+    """The model's name (e.g. `edsr-baseline`), used as the column header."""
+
+    checkpoints: dict[int, str]
+    """Scale -> checkpoint path that served it."""
+
+    root: str
+    """Dataset root the sets were read from."""
+
+    rows: list[Row]
+    """One row per (set, scale), sets in the order asked, scales ascending."""
+
+
+def available_sets(root: str | os.PathLike) -> list[str]:
+    """The sets present under `root`: benchmark sets (Table 3's first, then others by name), then DIV2K."""
+    from ntire.data.layout import benchmark_dir, div2k_dir
+
+    found = []
+    bench = benchmark_dir(root)
+    if bench.is_dir():
+        present = sorted(p.name for p in bench.iterdir() if (p / "HR").is_dir())
+        found += [s for s in TABLE3_SETS if s in present] + [s for s in present if s not in TABLE3_SETS]
+    if (div2k_dir(root) / "DIV2K_valid_HR").is_dir():
+        found.append(DIV2K_SET)
+    return found
+
+
+def set_pairs(root: str | os.PathLike, set_name: str, scale: int) -> tuple[list[Any], str]:
+    """(image pairs, protocol) of a set at `scale`; DataError naming the folder if it is absent."""
+    from ntire.data.layout import benchmark_pairs, div2k_pairs
+
+    if set_name == DIV2K_SET:
+        return div2k_pairs(root, split="valid", track="bicubic", scales=(scale,)), "div2k"
+    return benchmark_pairs(root, set_name, (scale,)), "benchmark"
+
+
+def _score(sr: np.ndarray, hr: np.ndarray, scale: int, protocol: str, name: str) -> dict[str, float]:
+    from ntire.metrics import score
+
+    h, w = sr.shape[:2]
+    if not (0 <= hr.shape[0] - h < scale and 0 <= hr.shape[1] - w < scale):
+        raise DataError(f"{name}: SR {w}x{h} does not fit HR {hr.shape[1]}x{hr.shape[0]} at x{scale}")
+    s = score(sr, hr[:h, :w], scale=scale, protocol=protocol)
+    return {"psnr": s.psnr, "ssim": s.ssim}
+
+
+def _mean(values: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(v[k] for v in values) / len(values) for k in ("psnr", "ssim")}
+
+
+def score_set(
+    pairs: list[Any],
+    *,
+    set_name: str,
+    scale: int,
+    protocol: str,
+    model: Upscale | None = None,
+    model_plus: Upscale | None = None,
+    progress: bool = False,
+) -> Row:
+    """Score bicubic, `model` and `model_plus` (either may be None) on a set's pairs at `scale`."""
+    from tqdm import tqdm
+
+    from ntire.data.degrade import bicubic_upscale
+    from ntire.images import read_image
+
+    per_image: dict[str, dict[str, dict[str, float]]] = {}
+    for pair in tqdm(pairs, desc=f"{set_name} x{scale}", unit="image", disable=not progress, leave=False):
+        lr, hr = read_image(pair.lr[scale]), read_image(pair.hr)
+        where = str(pair.lr[scale])
+        scores = {"bicubic": _score(bicubic_upscale(lr, scale), hr, scale, protocol, where)}
+        if model is not None:
+            scores["model"] = _score(model(lr), hr, scale, protocol, where)
+        if model_plus is not None:
+            scores["model_plus"] = _score(model_plus(lr), hr, scale, protocol, where)
+        per_image[pair.name] = scores
+    if not per_image:
+        raise DataError(f"{set_name} x{scale}: no images")
+    return Row(
+        set_name=set_name,
+        scale=scale,
+        protocol=protocol,
+        n_images=len(per_image),
+        bicubic=_mean([s["bicubic"] for s in per_image.values()]),
+        model=_mean([s["model"] for s in per_image.values()]) if model is not None else None,
+        model_plus=_mean([s["model_plus"] for s in per_image.values()]) if model_plus is not None else None,
+        per_image=per_image,
+    )
+
+
+def run_benchmark(
+    models: dict[int, tuple[Any, Any, str]],
+    root: str | os.PathLike,
+    *,
+    sets: list[str],
+    scales: list[int],
+    self_ensemble: bool,
+    tile: int | None = None,
+    device: str = "cpu",
+    max_batch: int = 4,
+    progress: bool = True,
+) -> Report:
+    """Score every (set, scale): bicubic, the model and, with `self_ensemble`, the model+.
+
+    `models` maps each scale to (network, ModelConfig, checkpoint path). Missing sets raise
+    DataError naming the folder.
+    """
+    from ntire.inference import upscale_image
+
+    for s in scales:
+        if s not in models:
+            raise ConfigError(f"no checkpoint serves x{s} (served: {', '.join(f'x{t}' for t in sorted(models))})")
+    rows = []
+    for set_name in sets:
+        for scale in scales:
+            net, config, _ = models[scale]
+            pairs, protocol = set_pairs(root, set_name, scale)
+
+            def upscale(lr: np.ndarray, ensemble: bool, net=net, config=config, scale=scale) -> np.ndarray:
+                return upscale_image(
+                    net, config, lr, scale=scale, tile=tile, self_ensemble=ensemble, device=device, max_batch=max_batch
+                )
+
+            rows.append(
+                score_set(
+                    pairs,
+                    set_name=set_name,
+                    scale=scale,
+                    protocol=protocol,
+                    model=lambda lr, f=upscale: f(lr, False),
+                    model_plus=(lambda lr, f=upscale: f(lr, True)) if self_ensemble else None,
+                    progress=progress,
+                )
+            )
+    names = sorted({models[s][1].name for s in scales})
+    return Report(
+        model_name=" / ".join(names),
+        checkpoints={s: str(models[s][2]) for s in scales},
+        root=str(root),
+        rows=rows,
+    )
+
+
+def _cell(s: dict[str, float] | None) -> str:
+    if s is None:
+        return "-"
+    psnr = "inf" if math.isinf(s["psnr"]) else f"{s['psnr']:.2f}"
+    ssim = f"{s['ssim']:.4f}"
+    return f"{psnr}/{ssim[1:] if ssim.startswith('0.') else ssim}"  # the paper's 33.66/.9299
+
+
+def format_markdown(report: Report) -> str:
+    """The report as a Markdown table shaped like the paper's Table 3 (PSNR dB / SSIM)."""
+    plus = any(r.model_plus is not None for r in report.rows)
+    head = ["set", "scale", "bicubic", report.model_name] + ([f"{report.model_name}+"] if plus else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report.rows:
+        name = "DIV2K val" if r.set_name == DIV2K_SET else r.set_name
+        cells = [name, f"x{r.scale}", _cell(r.bicubic), _cell(r.model)] + ([_cell(r.model_plus)] if plus else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    protocols = sorted({r.protocol for r in report.rows})
+    notes = {
+        "benchmark": "benchmark sets: Y channel (BT.601), `scale` border pixels ignored",
+        "div2k": "DIV2K val: RGB, `scale + 6` border pixels ignored",
+    }
+    checkpoints = ", ".join(f"x{s}: `{c}`" for s, c in sorted(report.checkpoints.items()))
+    footer = [
+        "",
+        "PSNR (dB) / SSIM; " + "; ".join(notes[p] for p in protocols) + ("; + is geometric self-ensemble x8" if plus else "") + ".",
+        f"Checkpoints: {checkpoints}. Data: `{report.root}`.",
+    ]
+    return "\n".join(lines + footer) + "\n"
+
+
+def report_to_json(report: Report) -> dict[str, Any]:
+    """The report as plain JSON data (inf PSNR written as the string "inf")."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return clean(asdict(report))
+
+
+def write_report(report: Report, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write `table3.md` and `table3.json` to `out_dir` (atomically); returns both paths."""
+    out_dir = Path(out_dir)
+    md, js = out_dir / "table3.md", out_dir / "table3.json"
+    atomic_write_text(md, format_markdown(report))
+    atomic_write_text(js, json.dumps(report_to_json(report), indent=1) + "\n")
+    return md, js
+
+
+def report_metrics(report: Report) -> dict[str, float]:
+    """Flat MLflow metrics: `Set5_x2_psnr_bicubic`, `DIV2K_x4_ssim_model_plus`, ..."""
+    metrics = {}
+    for r in report.rows:
+        for key in ("bicubic", "model", "model_plus"):
+            s = getattr(r, key)
+            if s is not None:
+                metrics[f"{r.set_name}_x{r.scale}_psnr_{key}"] = s["psnr"]
+                metrics[f"{r.set_name}_x{r.scale}_ssim_{key}"] = s["ssim"]
+    return metrics
+
+
+__all__ = [
+    "DIV2K_SET",
+    "Report",
+    "Row",
+    "TABLE3_SETS",
+    "available_sets",
+    "format_markdown",
+    "report_metrics",
+    "report_to_json",
+    "run_benchmark",
+    "score_set",
+    "set_pairs",
+    "write_report",
+]

@@ -1,0 +1,287 @@
+"""The training entry point: fit() learns, MDSR leaves other scales alone, SIGKILL + resume is exact."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ntire.config import ModelConfig
+from ntire.train_config import TrainConfig, build_config, merge
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"n_blocks": 1, "n_feats": 8}
+
+
+def tiny_div2k(root: Path, *, size: int = 96, n_train: int = 3) -> Path:
+    """A DIV2K-layout dataset of small crops of real photos (LR x2, x3, x4 by MATLAB bicubic)."""
+    from skimage import data
+
+    from ntire.data.degrade import bicubic_downscale
+    from ntire.images import write_png
+
+    photos = [data.coffee(), data.chelsea(), data.rocket(), data.astronaut()]
+    div2k = root / "DIV2K"
+    for i, photo in enumerate(photos[: n_train + 1]):
+        split, name = ("valid", "0801") if i == n_train else ("train", f"{i + 1:04d}")
+        top, left = (photo.shape[0] - size) // 2, (photo.shape[1] - size) // 2
+        hr = np.ascontiguousarray(photo[top : top + size, left : left + size, :3])
+        write_png(div2k / f"DIV2K_{split}_HR" / f"{name}.png", hr)
+        for s in (2, 3, 4):
+            write_png(div2k / f"DIV2K_{split}_LR_bicubic" / f"X{s}" / f"{name}x{s}.png", bicubic_downscale(hr, s))
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return tiny_div2k(tmp_path_factory.mktemp("data") / "tiny")
+
+
+def tiny_config(dataset: Path, out: Path, **overrides) -> TrainConfig:
+    base = {
+        "model": TINY_MODEL,
+        "data": {"source": str(dataset), "batch_size": 4, "patch_size": 16, "num_workers": 0,
+                 "patches_per_sample": 4, "shuffle_buffer": 16},
+        "max_steps": 6, "save_every": 3, "eval_every": 3, "log_every": 1, "keep_last": 1,
+        "output_dir": str(out), "tracking": {"enabled": False}, "progress": False,
+    }
+    return build_config(None, merge(base, overrides))
+
+
+def read_metrics(out: Path) -> dict[int, dict[str, float]]:
+    """metrics.jsonl as step -> metrics, later lines winning (a resumed run repeats steps)."""
+    merged: dict[int, dict[str, float]] = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        step = record.pop("step")
+        record.pop("train/patches_per_s", None)  # a timing, not a result
+        merged.setdefault(step, {}).update(record)
+    return merged
+
+
+def test_fit_learns_validates_checkpoints_and_exports(dataset, tmp_path, capsys):
+    from accelerate.utils import set_seed
+
+    from ntire.checkpoint import load_model
+    from ntire.data.loader import train_batches
+    from ntire.models.build import build_model
+    from ntire.train import fit, training_urls
+
+    config = tiny_config(dataset, tmp_path / "run", max_steps=30, save_every=10, eval_every=15,
+                         optim={"lr": 3e-3})
+    result = fit(config)
+    out = capsys.readouterr().out
+
+    # The loss on a fixed batch fell from the initial weights to the trained ones.
+    set_seed(config.seed)
+    initial = build_model(config.model)  # fit seeds the same way before building its model
+    trained, trained_config = load_model(result.model_dir)
+    assert trained_config == config.model
+    batch = next(iter(train_batches(str(tmp_path / "run" / "shards" / "train_bicubic_x2" / "shard-000000.tar"),
+                                    scales=(2,), batch_size=8, patch_size=16, seed=123, num_workers=0)))
+    lr, hr = batch.lr.float(), batch.hr.float()
+    with torch.no_grad():
+        before = F.l1_loss(initial(lr, 2), hr).item()
+        after = F.l1_loss(trained(lr, 2), hr).item()
+    assert after < 0.7 * before, (before, after)
+
+    # Validation at steps 15 and 30, printed per scale beside bicubic.
+    assert "step 15: x2 valid PSNR" in out and "step 30: x2 valid PSNR" in out and "(bicubic " in out
+    metrics = read_metrics(tmp_path / "run")
+    assert sorted(s for s, m in metrics.items() if "valid/psnr_x2" in m) == [15, 30]
+    assert metrics[30]["valid/bicubic_psnr_x2"] == metrics[15]["valid/bicubic_psnr_x2"]
+    assert result.validation.scales[2].psnr == pytest.approx(metrics[30]["valid/psnr_x2"])
+    assert result.step == 30 and metrics[30]["train/lr"] == 3e-3
+
+    # Checkpoints at 10, 20, 30; only 30 was validated, so it is both the last and the best.
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["step-00000030"] and result.best_checkpoint.name == "step-00000030"
+    assert training_urls(config, _Main(), print) == [str(tmp_path / "run" / "shards" / "train_bicubic_x2" / "shard-000000.tar")]
+
+
+class _Main:
+    """Enough of an Accelerator for training_urls once the shards exist."""
+
+    is_local_main_process = True
+    is_main_process = True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+@pytest.fixture
+def accelerator():
+    from accelerate import Accelerator
+
+    from ntire.distributed import finish
+
+    acc = Accelerator(cpu=True)
+    yield acc
+    finish(acc)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_mdsr_step_leaves_other_scales_and_their_adam_state_untouched(accelerator, foreach):
+    from ntire.data.loader import Batch
+    from ntire.models.build import build_model
+    from ntire.train import update
+
+    config = build_config(None, {"model": {"kind": "mdsr", "scales": [2, 3, 4], **TINY_MODEL},
+                                 "optim": {"grad_clip": 1.0}})
+    torch.manual_seed(0)
+    model = build_model(config.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3, foreach=foreach)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    def batch(scale: int) -> Batch:
+        g = torch.Generator().manual_seed(scale)
+        lr = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, generator=g)
+        return Batch(lr, torch.randint(0, 256, (2, 3, 8 * scale, 8 * scale), dtype=torch.uint8, generator=g), scale)
+
+    for scale in (2, 3, 4):  # every branch now has weights moved and Adam moments
+        update(model, optimizer, accelerator, [batch(scale)], config)
+    names = {id(p): n for n, p in model.named_parameters()}
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    states = {names[id(p)]: copy.deepcopy(s) for p, s in optimizer.state.items()}
+    assert len(states) == len(params)
+
+    update(model, optimizer, accelerator, [batch(3)], config)  # branch index 1
+
+    def branch(name: str) -> int | None:
+        parts = name.split(".")
+        return int(parts[1]) if parts[0] in ("pre_process", "upsample") else None
+
+    for name, p in model.named_parameters():
+        state = optimizer.state[p]
+        if branch(name) in (0, 2):  # x2 and x4: untouched, weights and moments alike
+            assert torch.equal(p, params[name]), name
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                assert torch.equal(state[key], states[name][key]), (name, key)
+        else:  # x3's branch and the shared body moved
+            assert not torch.equal(p, params[name]), name
+            assert state["step"] == states[name]["step"] + 1, name
+    assert any(branch(n) == 1 for n in params)
+
+
+def test_init_from_x2_starts_x3_with_all_but_the_upsampler(tmp_path):
+    from ntire.checkpoint import save_model
+    from ntire.models.build import build_model
+    from ntire.train import build_training_model
+
+    torch.manual_seed(1)
+    x2_config = ModelConfig(scales=(2,), **TINY_MODEL)
+    x2 = build_model(x2_config)
+    save_model(tmp_path / "x2", x2, x2_config)
+    config = build_config(None, {"model": {"scales": [3], **TINY_MODEL}, "init_from": str(tmp_path / "x2")})
+
+    said: list[str] = []
+    x3 = build_training_model(config, fresh=True, say=said.append)
+    source = x2.state_dict()
+    for key, value in x3.state_dict().items():
+        if key.startswith("tail.0."):  # the upsampler: retrained for the new scale
+            assert key not in source or not torch.equal(value, source[key])
+        else:
+            assert torch.equal(value, source[key]), key
+    assert len(said) == 1 and str(tmp_path / "x2") in said[0] and "upsampler" in said[0]
+
+    said.clear()
+    build_training_model(config, fresh=False, say=said.append)  # resuming: the checkpoint decides
+    assert said == []
+
+
+def test_resume_refuses_a_checkpoint_of_another_network(dataset, tmp_path):
+    from ntire.errors import CheckpointError
+    from ntire.train import fit
+
+    fit(tiny_config(dataset, tmp_path / "run", max_steps=2, save_every=2, eval_every=0))
+    other = tiny_config(dataset, tmp_path / "run", max_steps=4, resume="auto", model={"n_feats": 16})
+    with pytest.raises(CheckpointError, match="saved for model"):
+        fit(other)
+
+
+# A training run that SIGKILLs itself while writing its second checkpoint: after the checkpoint
+# folder is complete on disk but before it is renamed into place, i.e. mid-save and mid-run.
+KILLED_RUN = """
+import os, signal, sys
+import ntire.train_state as train_state
+real_fsync, saves = train_state._fsync_tree, []
+def fsync_then_die(folder):
+    real_fsync(folder)
+    saves.append(folder)
+    if len(saves) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+train_state._fsync_tree = fsync_then_die
+from ntire.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run_exactly(dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    from ntire.commands.train import add_arguments
+    from ntire.train import config_from_args, fit
+
+    options = ["--data", str(dataset), "--model", "edsr-baseline", "--scale", "2", "--set", "model.n_blocks=1",
+               "--set", "model.n_feats=8", "--batch-size", "4", "--patch-size", "16", "--num-workers", "0",
+               "--set", "data.patches_per_sample=4", "--set", "data.shuffle_buffer=16",
+               "--max-steps", "12", "--save-every", "4", "--eval-every", "6", "--set", "log_every=1",
+               "--lr", "3e-3", "--no-tracking", "--no-progress", "--keep-last", "3"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    run = subprocess.run([sys.executable, "-c", KILLED_RUN, *options, "--output-dir", str(killed)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    root = killed / "checkpoints"
+    assert (root / ".tmp-step-00000008").is_dir() and not (root / "step-00000008").exists()
+    assert not (killed / "model").exists()
+    killed_log = read_metrics(killed)
+    assert max(killed_log) == 8
+
+    run = subprocess.run([sys.executable, "-m", "ntire", "train", *options, "--output-dir", str(killed),
+                          "--resume", "auto"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "resuming from" in run.stdout and "step-00000004 at step 4" in run.stdout
+
+    # The same run, uninterrupted (in this process: same code, same thread count).
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    straight = tmp_path / "straight"
+    fit(config_from_args(parser.parse_args([*options, "--output-dir", str(straight)])))
+
+    expected = read_metrics(straight)
+    assert sorted(expected) == list(range(1, 13))
+    assert {s: killed_log[s] for s in range(1, 9)} == {s: expected[s] for s in range(1, 9)}
+    assert read_metrics(killed) == expected  # losses at every step, validation at 6 and 12
+    a = load_file(str(straight / "model" / "model.safetensors"))
+    b = load_file(str(killed / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_demo_command_prints_psnr_beside_bicubic_and_exports(dataset, tmp_path, capsys):
+    import re
+
+    from ntire.__main__ import main
+
+    out_dir = tmp_path / "demo"
+    code = main(["demo", "--data", str(dataset), "--output-dir", str(out_dir), "--max-steps", "2",
+                 "--set", "model.n_blocks=1", "--set", "model.n_feats=8", "--batch-size", "2",
+                 "--patch-size", "16", "--no-tracking", "--no-progress"])
+    out = capsys.readouterr().out
+    line = re.search(r"^x2 valid PSNR (\d+\.\d\d) dB \(bicubic (\d+\.\d\d) dB\)$", out, re.M)
+    assert line, out
+    beaten = float(line.group(1)) > float(line.group(2))
+    assert code == (0 if beaten else 1)
+    assert beaten or "did not beat bicubic" in out  # two updates of a tiny net: honest failure
+    assert (out_dir / "model" / "model.safetensors").is_file()

@@ -1,0 +1,160 @@
+"""Checkpoints: atomic saves, resume from the newest complete one, keep the last K and the best."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import ntire.train_state as train_state
+from ntire.errors import CheckpointError
+from ntire.train_state import (
+    STATE_FILE,
+    TrainState,
+    best_checkpoint,
+    checkpoint_root,
+    find_resume,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+
+def fake_checkpoint(out: Path, step: int, psnr: float | None = None, *, complete: bool = True,
+                    name: str | None = None) -> Path:
+    """A checkpoint folder with a state file (no weights: enough for listing and pruning)."""
+    folder = checkpoint_root(out) / (name or f"step-{step:08d}")
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    if complete:
+        state = TrainState(step=step, batches=step, valid_psnr=psnr)
+        (folder / STATE_FILE).write_text(yaml.safe_dump(asdict(state)))
+    return folder
+
+
+def test_resume_auto_takes_the_newest_complete_checkpoint(tmp_path):
+    fake_checkpoint(tmp_path, 10)
+    fake_checkpoint(tmp_path, 20)
+    fake_checkpoint(tmp_path, 30, name=".tmp-step-00000030")  # a save that crashed mid-way
+    fake_checkpoint(tmp_path, 40, complete=False)  # no state file: not a checkpoint
+    found = find_resume(tmp_path, "auto")
+    assert found is not None and found.state.step == 20
+    assert [c.state.step for c in list_checkpoints(tmp_path)] == [10, 20]
+
+
+def test_resume_auto_without_checkpoints_starts_afresh(tmp_path):
+    assert find_resume(tmp_path, "auto") is None
+    assert find_resume(tmp_path, None) is None
+
+
+def test_resume_from_an_incomplete_folder_is_refused(tmp_path):
+    partial = fake_checkpoint(tmp_path, 40, complete=False)
+    with pytest.raises(CheckpointError, match="incomplete"):
+        find_resume(tmp_path, str(partial))
+    with pytest.raises(CheckpointError, match="no such"):
+        read_checkpoint(tmp_path / "nowhere")
+
+
+def test_prune_keeps_the_last_k_and_the_best(tmp_path):
+    psnrs = {10: 30.0, 20: 32.5, 30: 31.0, 40: None, 50: 31.5}
+    for step, psnr in psnrs.items():
+        fake_checkpoint(tmp_path, step, psnr)
+    debris = fake_checkpoint(tmp_path, 60, name=".tmp-step-00000060")
+    removed = prune_checkpoints(tmp_path, keep_last=2)
+    assert [c.state.step for c in list_checkpoints(tmp_path)] == [20, 40, 50]
+    assert debris in removed and not debris.exists()
+    assert best_checkpoint(list_checkpoints(tmp_path)).state.step == 20
+    # The best is kept once, not twice, when it is also among the last K.
+    fake_checkpoint(tmp_path, 70, 33.0)
+    prune_checkpoints(tmp_path, keep_last=1)
+    assert [c.state.step for c in list_checkpoints(tmp_path)] == [70]
+
+
+def test_best_prefers_the_later_of_equal_scores(tmp_path):
+    fake_checkpoint(tmp_path, 10, 31.0)
+    fake_checkpoint(tmp_path, 20, 31.0)
+    fake_checkpoint(tmp_path, 30)
+    assert best_checkpoint(list_checkpoints(tmp_path)).state.step == 20
+    assert best_checkpoint([]) is None
+
+
+@pytest.fixture
+def prepared():
+    """A real Accelerator with a tiny model, Adam and a registered StepLR."""
+    from accelerate import Accelerator
+
+    from ntire.distributed import finish
+
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, 3, padding=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    yield accelerator, model, optimizer, scheduler
+    finish(accelerator)
+
+
+def _train_step(model, optimizer, scheduler):
+    model(torch.ones(1, 3, 4, 4)).square().mean().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+
+
+def test_save_and_load_restore_weights_optimizer_schedule_and_rng(tmp_path, prepared):
+    accelerator, model, optimizer, scheduler = prepared
+    for _ in range(3):
+        _train_step(model, optimizer, scheduler)
+    state = TrainState(step=3, batches=3, valid_psnr=30.0, tracking_run_id="abc", config={"seed": 0})
+    path = save_checkpoint(accelerator, tmp_path, state)
+    assert path == checkpoint_root(tmp_path) / "step-00000003"
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    lr = scheduler.get_last_lr()
+    after_save = torch.rand(3)
+
+    for _ in range(2):
+        _train_step(model, optimizer, scheduler)
+    restored = load_checkpoint(accelerator, read_checkpoint(path))
+    assert restored == state
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert scheduler.get_last_lr() == lr
+    assert torch.equal(torch.rand(3), after_save)  # RNG restored to where the save left it
+
+
+def test_a_crash_mid_save_leaves_the_previous_checkpoint_newest(tmp_path, prepared, monkeypatch):
+    accelerator, model, optimizer, scheduler = prepared
+    _train_step(model, optimizer, scheduler)
+    save_checkpoint(accelerator, tmp_path, TrainState(step=1, batches=1))
+
+    def crash(folder):
+        raise OSError("disk full")
+
+    _train_step(model, optimizer, scheduler)
+    with monkeypatch.context() as m:
+        m.setattr(train_state, "_fsync_tree", crash)
+        with pytest.raises(OSError):
+            save_checkpoint(accelerator, tmp_path, TrainState(step=2, batches=2))
+    root = checkpoint_root(tmp_path)
+    assert (root / ".tmp-step-00000002").is_dir() and not (root / "step-00000002").exists()
+    assert find_resume(tmp_path, "auto").state.step == 1
+
+    # The next save of that step clears the debris and completes.
+    save_checkpoint(accelerator, tmp_path, TrainState(step=2, batches=2))
+    assert find_resume(tmp_path, "auto").state.step == 2
+    assert not (root / ".tmp-step-00000002").exists()
+
+
+def test_saving_a_step_again_replaces_it(tmp_path, prepared):
+    accelerator, model, optimizer, scheduler = prepared
+    save_checkpoint(accelerator, tmp_path, TrainState(step=5, batches=5, valid_psnr=1.0))
+    save_checkpoint(accelerator, tmp_path, TrainState(step=5, batches=5, valid_psnr=2.0))
+    (only,) = list_checkpoints(tmp_path)
+    assert only.state.valid_psnr == 2.0
+    assert sorted(p.name for p in checkpoint_root(tmp_path).iterdir()) == ["step-00000005"]
