@@ -328,9 +328,14 @@ def training_urls(config: TrainConfig, accelerator: Accelerator, say: Callable[[
 
 
 def shard_name(config: TrainConfig) -> str:
-    """Folder name of a shard cache, from what decides its content."""
+    """Folder name of a shard cache, from what decides its content (the source folder included,
+    so that a shared --shard-dir never serves one dataset's shards for another)."""
+    import hashlib
+
     d = config.data
-    parts = [f"train_{d.track}_x{''.join(map(str, config.scales))}"]
+    source = Path(d.source).resolve()
+    tag = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+    parts = [f"{source.name}-{tag}", f"train_{d.track}_x{''.join(map(str, config.scales))}"]
     if d.train_indices:
         parts.append(f"{d.train_indices[0]:04d}-{d.train_indices[1]:04d}")
     if d.subimage:
@@ -376,10 +381,12 @@ def training_batches(config: TrainConfig, accelerator: Accelerator, *, start: in
 def validation_set(config: TrainConfig, accelerator: Accelerator,
                    say: Callable[[str], None]) -> list[ValidationImage] | None:
     """This process's share of the validation images (None: no validation data for this run)."""
+    from ntire.data.shards import MANIFEST_NAME
+
     root = config.data.valid_root
     if root is None:
         source = Path(config.data.source)
-        if source.is_dir() and not (source / "manifest.json").is_file():
+        if source.is_dir() and not (source / MANIFEST_NAME).is_file():
             root = config.data.source
     if root is None:
         say("no validation data (training from shards; give --valid-data DIR): validation skipped")
@@ -580,7 +587,7 @@ def _progress_bar(config: TrainConfig, accelerator: Accelerator, *, initial: int
         unit="step",
         desc="train",
         dynamic_ncols=True,
-        mininterval=1.0,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a log file needs few redraws
         disable=not (config.progress and accelerator.is_main_process),
     )
 

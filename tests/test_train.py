@@ -87,8 +87,10 @@ def test_fit_learns_validates_checkpoints_and_exports(dataset, tmp_path, capsys)
     initial = build_model(config.model)  # fit seeds the same way before building its model
     trained, trained_config = load_model(result.model_dir)
     assert trained_config == config.model
-    batch = next(iter(train_batches(str(tmp_path / "run" / "shards" / "train_bicubic_x2" / "shard-000000.tar"),
-                                    scales=(2,), batch_size=8, patch_size=16, seed=123, num_workers=0)))
+    (cache,) = (tmp_path / "run" / "shards").iterdir()
+    assert cache.name.startswith("tiny-") and cache.name.endswith("_train_bicubic_x2")
+    shards = sorted(str(p) for p in cache.glob("shard-*.tar"))
+    batch = next(iter(train_batches(shards, scales=(2,), batch_size=8, patch_size=16, seed=123, num_workers=0)))
     lr, hr = batch.lr.float(), batch.hr.float()
     with torch.no_grad():
         before = F.l1_loss(initial(lr, 2), hr).item()
@@ -106,7 +108,7 @@ def test_fit_learns_validates_checkpoints_and_exports(dataset, tmp_path, capsys)
     # Checkpoints at 10, 20, 30; only 30 was validated, so it is both the last and the best.
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["step-00000030"] and result.best_checkpoint.name == "step-00000030"
-    assert training_urls(config, _Main(), print) == [str(tmp_path / "run" / "shards" / "train_bicubic_x2" / "shard-000000.tar")]
+    assert training_urls(config, _Main(), print) == shards  # the cache is reused
 
 
 class _Main:
