@@ -7,6 +7,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +30,10 @@ def _free_port() -> int:
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "NTIRE_MLFLOW_"))}
     env["PYTHONUNBUFFERED"] = "1"
+    # The mlflow that belongs to this interpreter, wherever its environment lives.
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    if mlflow_bin.exists():
+        env["MLFLOW"] = str(mlflow_bin)
     return env
 
 
