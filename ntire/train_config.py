@@ -271,16 +271,21 @@ def expand_model(data: Any, where: str) -> Any:
     return fields
 
 
-def resolve_config_path(name: str | os.PathLike) -> Path:
-    """A config file path, or the name of a shipped one (`demo`, `edsr_x2.yaml`)."""
+def resolve_shipped(name: str | os.PathLike, folder: Path, what: str, plural: str) -> Path:
+    """A file path, or the name of a YAML file shipped in `folder` (`demo`, `edsr_x2.yaml`)."""
     path = Path(name)
     if path.exists():
         return path
-    shipped = CONFIG_DIR / (path.name if path.suffix else f"{path.name}.yaml")
+    shipped = folder / (path.name if path.suffix else f"{path.name}.yaml")
     if not path.parent.parts and shipped.exists():
         return shipped
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"{name}: no such config file (shipped configs: {known})")
+    known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    raise ConfigError(f"{name}: no such {what} (shipped {plural}: {known})")
+
+
+def resolve_config_path(name: str | os.PathLike) -> Path:
+    """A config file path, or the name of a shipped one (`demo`, `edsr_x2.yaml`)."""
+    return resolve_shipped(name, CONFIG_DIR, "config file", "configs")
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:

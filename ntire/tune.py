@@ -176,14 +176,9 @@ class SearchSpace:
 
 def resolve_space_path(name: str | os.PathLike) -> Path:
     """A search space file path, or the name of a shipped one (`tiny`, `paper.yaml`)."""
-    path = Path(name)
-    if path.exists():
-        return path
-    shipped = SPACE_DIR / (path.name if path.suffix else f"{path.name}.yaml")
-    if not path.parent.parts and shipped.exists():
-        return shipped
-    known = ", ".join(sorted(p.stem for p in SPACE_DIR.glob("*.yaml")))
-    raise ConfigError(f"{name}: no such search space file (shipped spaces: {known})")
+    from ntire.train_config import resolve_shipped
+
+    return resolve_shipped(name, SPACE_DIR, "search space file", "spaces")
 
 
 def load_space(name: str | os.PathLike, base: TrainConfig | None = None) -> SearchSpace:
