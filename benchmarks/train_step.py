@@ -6,14 +6,14 @@ For every model and speed option it measures, each in a fresh subprocess:
 
 - plain: the model (ntire.models.build), Adam, L1, random input already on the device, and
   `forward -> backward -> step -> zero_grad` in a bare loop;
-- ntire: `ntire.train.fit()` itself on WebDataset shards of the sample photos: the loader,
+- ntire: `ntire.training.fit.fit()` itself on WebDataset shards of the sample photos: the loader,
   Accelerate (prepare, autocast, accumulate, backward), the progress/metrics bookkeeping.
 
 Both use the same network, batch, patch size and options (bf16 autocast around the forward pass,
 channels-last layout, torch.compile), and both are timed by wall clock in chunks of W updates
 after a warm-up of W: the plain loop syncs the device after each chunk, `fit()` (log_every = W)
 writes a metrics record after each, which reads the loss and so syncs too; the times of those
-records are taken by wrapping `ntire.train._append_jsonl`. The ratio ntire/plain over all timed
+records are taken by wrapping `ntire.training.fit._append_jsonl`. The ratio ntire/plain over all timed
 updates is what Accelerate and the loader cost (target >= 0.95); the ratio of the fastest chunks
 beside it is less disturbed by other processes on a shared machine.
 
@@ -192,8 +192,8 @@ def _rates(case: Case, marks: list[float], started: float) -> dict:
 
 def run_ntire(case: Case) -> dict:
     """Time `fit()`: wall clock between its metrics record after `warmup` and its last one."""
-    import ntire.train as train
-    from ntire.train_config import build_config
+    import ntire.training.fit as train
+    from ntire.config import build_config
 
     option = OPTIONS[case.option]
     config = build_config(
@@ -210,9 +210,9 @@ def run_ntire(case: Case) -> dict:
             "compile": option.compile,
             "progress": False,
             "tracking": {"enabled": False},
+            "model": {"scales": [case.scale]},
         },
         model=case.model,
-        scales=(case.scale,),
     )
     records: list[tuple[int, float]] = []
     append = train._append_jsonl
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train_step on {device} ({where}), torch {torch.__version__}, {threads} threads, "
           f"fit() loader workers {workers}; load average {_load()} at start")
 
-    from ntire.train import native_bf16
+    from ntire.training.fit import native_bf16
 
     bf16 = native_bf16() if args.bf16 is None else args.bf16
     if not bf16:

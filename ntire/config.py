@@ -1,7 +1,15 @@
-"""Typed configuration: dataclasses with a docstring per field, loaded from and saved to YAML.
+"""Every option of ntire, defined once: typed dataclasses with a docstring under each field.
 
-Variants are made with `dataclasses.replace`; YAML files name fields exactly, and an unknown key is
-an error naming it (a typo must never be silently ignored).
+The field and its docstring are the definition; everything else is derived from them: the
+`ntire train` / `ntire/train.py` flags and their help (ntire.options), `--set KEY=VALUE`, YAML
+loading (unknown keys are errors naming the file and the key; a typo is never silently ignored)
+and the tracking params. A run's settings come in three layers, each overriding the one before:
+the dataclass defaults (the paper's recipe, with a data source and step budget sized for a
+2-core machine), a YAML file (`--config`, e.g. one shipped in ntire/configs/), and command-line
+options. `build_config` merges them and validates the result; variants are made with
+`dataclasses.replace`.
+
+This module imports no torch, so the CLI and config tests stay fast.
 """
 
 from __future__ import annotations
@@ -10,14 +18,17 @@ import dataclasses
 import os
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
 
 from ntire.errors import ConfigError
 from ntire.files import atomic_write_text
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+"""The YAML configurations shipped with the package (`--config demo` finds `demo.yaml` here)."""
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 """Mean RGB of DIV2K train (0-1), subtracted inside every network."""
@@ -33,6 +44,12 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 SUPPORTED_SCALES = (2, 3, 4)
 
 
+def flag(*names: str, metavar: str | None = None) -> dict[str, Any]:
+    """Field metadata for the command line: the short flag(s) a field also answers to besides its
+    dotted name (`--batch-size` besides `--data.batch-size`), and the value's metavar."""
+    return {"flags": names, "metavar": metavar}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one EDSR or MDSR network; everything needed to rebuild it from weights."""
@@ -40,7 +57,7 @@ class ModelConfig:
     kind: Literal["edsr", "mdsr"] = "edsr"
     """Network family: `edsr` (one scale) or `mdsr` (shared body, one branch per scale)."""
 
-    scales: tuple[int, ...] = (2,)
+    scales: tuple[int, ...] = field(default=(2,), metadata=flag("--scale", metavar="S"))
     """Upscaling factors. EDSR has exactly one; MDSR one pre-processing and upsampling branch each."""
 
     n_blocks: int = 16
@@ -77,15 +94,10 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, scales: int | tuple[int, ...] | None = None, **overrides: Any) -> "ModelConfig":
         """The paper's network `name` (see MODEL_PRESETS) at `scales` (default 2, MDSR 2, 3, 4)."""
-        if name not in MODEL_PRESETS:
-            raise ConfigError(f"unknown model {name!r}; choose from {', '.join(MODEL_PRESETS)}")
-        fields = dict(MODEL_PRESETS[name])
-        if scales is None:
-            scales = (2, 3, 4) if fields["kind"] == "mdsr" else (2,)
-        elif isinstance(scales, int):
-            scales = (scales,)
-        fields.update(overrides)
-        return cls(scales=tuple(scales), **fields)
+        data: dict[str, Any] = {"preset": name, **overrides}
+        if scales is not None:
+            data["scales"] = (scales,) if isinstance(scales, int) else tuple(scales)
+        return cls(**expand_model(data, "model"))
 
     @property
     def name(self) -> str:
@@ -94,6 +106,234 @@ class ModelConfig:
             if all(getattr(self, k) == v for k, v in fields.items()):
                 return preset
         return f"{self.kind}-b{self.n_blocks}f{self.n_feats}"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training and validation images come from, and how batches are cut from them."""
+
+    source: str = field(default="data/sample", metadata=flag("--data", metavar="DIR|URLS"))
+    """Training data: a dataset root in DIV2K layout (holding `DIV2K/`), sharded once into
+    `shard_dir` and streamed from there; or WebDataset shard URLs (a path or URL, brace notation
+    such as `shards/train-{000000..000041}.tar` allowed)."""
+
+    name: str | None = None
+    """Short data name used in the run name; default: the last folder name of `source`."""
+
+    track: Literal["bicubic", "unknown"] = field(default="bicubic", metadata=flag("--track"))
+    """NTIRE degradation track: which LR images are paired with the HR ones."""
+
+    train_indices: tuple[int, int] | None = None
+    """First and last DIV2K image number (inclusive) to train on, e.g. [1, 800]; default all."""
+
+    valid_root: str | None = field(default=None, metadata=flag("--valid-data", metavar="DIR"))
+    """Dataset root in DIV2K layout for validation; default `source` when that is a folder."""
+
+    valid_indices: tuple[int, int] | None = None
+    """First and last DIV2K validation image number (inclusive), e.g. [801, 810]; default all."""
+
+    valid_tile: int | None = None
+    """Validate in tiles of this many LR pixels (bounds memory on big images); default whole."""
+
+    shard_dir: str | None = field(default=None, metadata=flag("--shard-dir", metavar="DIR"))
+    """Where a dataset root is sharded to; default `<output_dir>/shards`. Reused when complete."""
+
+    subimage: int | None = None
+    """Cut HR images into sub-images of this size when sharding (faster patch sampling)."""
+
+    subimage_step: int | None = None
+    """Stride between sub-images; default `subimage` (no overlap)."""
+
+    batch_size: int = field(default=16, metadata=flag("--batch-size", metavar="N"))
+    """Patches per micro-batch on each process (paper: 16 in total)."""
+
+    patch_size: int = field(default=48, metadata=flag("--patch-size", metavar="P"))
+    """LR patch side in pixels; the HR patch is `patch_size * scale` (paper: 48)."""
+
+    patches_per_sample: int = 8
+    """Patches cut from each decoded image before the next is read (amortises decoding)."""
+
+    shuffle_buffer: int = 256
+    """Patches held in the loader's shuffle buffer."""
+
+    num_workers: int = field(default=2, metadata=flag("--num-workers", metavar="N"))
+    """DataLoader worker processes per training process (0: load in the training process)."""
+
+    augment: bool = True
+    """Random horizontal flips and 90-degree rotations (paper recipe)."""
+
+    skip_bad_samples: bool = False
+    """Skip an undecodable sample with a warning instead of stopping."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "patch_size", "patches_per_sample", "shuffle_buffer"):
+            _positive(self, name, "data")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        for name in ("train_indices", "valid_indices"):
+            span = getattr(self, name)
+            if span is not None and not (1 <= span[0] <= span[1]):
+                raise ConfigError(f"data.{name} must be [first, last] with 1 <= first <= last, got {list(span)}")
+        for name in ("valid_tile", "subimage", "subimage_step"):
+            if getattr(self, name) is not None:
+                _positive(self, name, "data")
+        if not self.source:
+            raise ConfigError("data.source is empty; give a dataset folder or shard URLs (--data)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Loss minimisation: Adam with a step learning-rate schedule counted in updates."""
+
+    lr: float = field(default=1e-4, metadata=flag("--lr", metavar="LR"))
+    """Initial learning rate (paper: 1e-4)."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's beta1 and beta2 (paper: 0.9, 0.999)."""
+
+    eps: float = 1e-8
+    """Adam's epsilon (paper: 1e-8)."""
+
+    weight_decay: float = 0.0
+    """L2 weight decay (paper: none)."""
+
+    lr_step: int = 200_000
+    """Multiply the learning rate by `lr_gamma` every this many updates (paper: 2e5)."""
+
+    lr_gamma: float = 0.5
+    """Learning-rate factor applied every `lr_step` updates (paper: halved)."""
+
+    grad_clip: float | None = field(default=None, metadata=flag("--grad-clip", metavar="NORM"))
+    """Clip the global gradient norm to this value; default no clipping."""
+
+    grad_accum: int = field(default=1, metadata=flag("--grad-accum", metavar="N"))
+    """Micro-batches per update. Accelerate divides each micro-batch's loss by this count, so the
+    update averages their gradients: the same update as one batch this many times larger."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.eps <= 0:
+            raise ConfigError(f"optim.lr and optim.eps must be positive, got {self.lr}, {self.eps}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must lie in [0, 1), got {list(self.betas)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            raise ConfigError(f"optim.lr_gamma must lie in (0, 1], got {self.lr_gamma}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"optim.grad_clip must be positive, got {self.grad_clip}")
+        _positive(self, "lr_step", "optim")
+        _positive(self, "grad_accum", "optim")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking with MLflow (optional: off when mlflow is not installed)."""
+
+    enabled: bool = field(default=True, metadata=flag("--tracking"))
+    """Log this run to MLflow (main process only)."""
+
+    uri: str | None = field(default=None, metadata=flag("--tracking-uri", metavar="URI"))
+    """Tracking URI; default $MLFLOW_TRACKING_URI, else a SQLite file `<output_dir>/mlflow.db`."""
+
+    experiment: str = "ntire"
+    """MLflow experiment the run is filed under."""
+
+    run_name: str | None = field(default=None, metadata=flag("--run-name", metavar="NAME"))
+    """Run name; default one encoding the setup, e.g. `EDSR_x2_f64b16_bicubic_sample_3k`."""
+
+    comparison_crop: int = 128
+    """Side in HR pixels of the bicubic | SR | HR comparison image logged at each validation."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "comparison_crop", "tracking")
+
+
+def _default_model() -> ModelConfig:
+    return ModelConfig.preset("edsr-baseline", 2)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training job: model, data, optimiser, schedule of checkpoints and validations."""
+
+    model: ModelConfig = field(default_factory=_default_model)
+    """Network to train (YAML may name a preset: `model: {preset: edsr-baseline, scales: [2]}`)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training and validation data."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and learning-rate schedule."""
+
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow tracking."""
+
+    max_steps: int = field(default=1000, metadata=flag(metavar="N"))
+    """Optimiser updates to train for (paper: 1e6 on DIV2K; the default finishes on 2 CPU cores
+    in under an hour with the paper's batch)."""
+
+    seed: int = 0
+    """Seed for weights initialisation and the data stream; a run is reproducible from it."""
+
+    output_dir: str = field(default="runs/train", metadata=flag(metavar="DIR"))
+    """Folder for checkpoints, the exported model, the shard cache and the tracking database."""
+
+    save_every: int = field(default=250, metadata=flag(metavar="N"))
+    """Save a resumable checkpoint every this many updates (and at the end)."""
+
+    keep_last: int = field(default=2, metadata=flag(metavar="K"))
+    """Checkpoints kept besides the best one by validation PSNR; older ones are deleted."""
+
+    eval_every: int = field(default=250, metadata=flag(metavar="N"))
+    """Validate every this many updates (and at the end); 0 validates only at the end."""
+
+    log_every: int = field(default=50, metadata=flag(metavar="N"))
+    """Log loss, learning rate and patches/s every this many updates."""
+
+    resume: str | None = field(default=None, metadata=flag(metavar="auto|PATH"))
+    """`auto`: continue from the newest complete checkpoint in `output_dir` (if any); or a
+    checkpoint folder to continue from. Default: start afresh."""
+
+    init_from: str | None = field(default=None, metadata=flag(metavar="CKPT"))
+    """Initialise the weights from a trained model (exported folder or released file), e.g. a
+    x3/x4 model from the x2 one; tensors that do not fit (the upsampler) are skipped and reported."""
+
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] | None = None
+    """Autocast precision. `auto`: bf16 where the hardware runs it natively (GPUs from Ampere on,
+    CPUs with AVX512-BF16 or AMX, where it is 2x faster than fp32), else fp32 (emulated bf16 is
+    many times slower). Default: what `accelerate launch` or its config file says, else fp32."""
+
+    channels_last: bool = False
+    """Keep activations in channels-last memory layout (faster convolutions on CPU and GPU)."""
+
+    compile: bool = False
+    """Compile the model with torch.compile (helps on GPUs; no gain measured on CPU)."""
+
+    progress: bool = True
+    """Show a progress bar with patches/s and ETA on the main process."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_steps")
+        _positive(self, "save_every")
+        _positive(self, "log_every")
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.keep_last < 1:
+            raise ConfigError(f"keep_last must be >= 1 (the newest checkpoint is what resumes), got {self.keep_last}")
+        if not self.output_dir:
+            raise ConfigError("output_dir is empty")
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        """The scales trained (the model's)."""
+        return self.model.scales
+
+
+def _positive(obj: Any, name: str, section: str = "") -> None:
+    value = getattr(obj, name)
+    if value < 1:
+        where = f"{section}.{name}" if section else name
+        raise ConfigError(f"{where} must be positive, got {value}")
 
 
 T = TypeVar("T")
@@ -178,16 +418,33 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-def load_yaml(cls: type[T], path: str | os.PathLike) -> T:
-    """Load dataclass `cls` from a YAML file; errors name the file and the key."""
+def read_yaml(path: str | os.PathLike, what: str = "a mapping of settings") -> dict[str, Any]:
+    """The mapping in the YAML file `path` (empty file: {}); errors name the file.
+
+    The one YAML reader of ntire: configs, search spaces, submission manifests, training states
+    and model folders all come through it, so every bad file gets the same kind of message.
+    """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return from_dict(cls, data, str(path))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML ({_first_line(e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected {what}, got {type(data).__name__}")
+    return data
+
+
+def _first_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def load_yaml(cls: type[T], path: str | os.PathLike) -> T:
+    """Load dataclass `cls` from a YAML file; errors name the file and the key."""
+    return from_dict(cls, read_yaml(path), str(path))
 
 
 def save_yaml(config: Any, path: str | os.PathLike) -> None:
@@ -195,13 +452,213 @@ def save_yaml(config: Any, path: str | os.PathLike) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-__all__ = [
-    "DIV2K_RGB_MEAN",
-    "MODEL_PRESETS",
-    "SUPPORTED_SCALES",
-    "ModelConfig",
-    "from_dict",
-    "load_yaml",
-    "save_yaml",
-    "to_dict",
-]
+@dataclass(frozen=True)
+class Option:
+    """One config field as the command line and sweeps see it."""
+
+    path: str
+    """Dotted name, e.g. `data.batch_size`."""
+    hint: Any
+    """The field's type annotation, resolved."""
+    default: Any
+    """Its default value."""
+    doc: str
+    """Its docstring, on one line."""
+    flags: tuple[str, ...] = ()
+    """Short flags declared with `flag(...)`, besides the dotted one."""
+    metavar: str | None = None
+
+
+def options(cls: type = None, prefix: str = "") -> list[Option]:  # type: ignore[assignment]
+    """Every leaf field of the config dataclass `cls` (default TrainConfig), nested ones dotted."""
+    cls = TrainConfig if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    out: list[Option] = []
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.extend(options(hints[f.name], f"{path}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        meta = f.metadata or {}
+        out.append(Option(path, hints[f.name], default, docs.get(f.name, ""), tuple(meta.get("flags", ())),
+                          meta.get("metavar")))
+    return out
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of dataclass `cls`, read from its source.
+
+    Python keeps no attribute docstrings at run time; reading them from the source (as Sphinx and
+    jsonargparse do) is what lets the docstring be the one definition of an option's help.
+    """
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):  # no source (e.g. a frozen application): no help texts
+        return {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def expand_model(data: Any, where: str) -> Any:
+    """Expand `{preset: NAME, ...}` in a model mapping into the preset's explicit fields."""
+    if not isinstance(data, dict) or "preset" not in data:
+        return data
+    data = dict(data)
+    name = data.pop("preset")
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"{where}.preset: unknown model {name!r}; choose from {', '.join(MODEL_PRESETS)}")
+    fields = dict(MODEL_PRESETS[name])
+    if "scales" not in data:
+        data["scales"] = [2, 3, 4] if fields["kind"] == "mdsr" else [2]
+    fields.update(data)
+    return fields
+
+
+def resolve_shipped(name: str | os.PathLike, folder: Path, what: str, plural: str) -> Path:
+    """A file path, or the name of a YAML file shipped in `folder` (`demo`, `edsr_x2.yaml`)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = folder / (path.name if path.suffix else f"{path.name}.yaml")
+    if not path.parent.parts and shipped.exists():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    raise ConfigError(f"{name}: no such {what} (shipped {plural}: {known})")
+
+
+def resolve_config_path(name: str | os.PathLike) -> Path:
+    """A config file path, or the name of a shipped one (`demo`, `edsr_x2.yaml`)."""
+    return resolve_shipped(name, CONFIG_DIR, "config file", "configs")
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw mapping in a YAML config file, with a model preset expanded."""
+    data = read_yaml(path)
+    if "model" in data:
+        data["model"] = expand_model(data["model"], f"{path}: model")
+    return data
+
+
+def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively overlay `override` on `base` (mappings merge, anything else replaces)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """`["optim.lr=2e-4", "data.patch_size=32"]` as a nested mapping; values are YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=2e-4")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is set both as a value and a section")
+        node[parts[-1]] = value
+    return out
+
+
+def build_config(
+    file: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    model: str | None = None,
+) -> TrainConfig:
+    """Merge defaults, the YAML `file`, the preset `model` and `overrides` (nested, as
+    `parse_set` makes) into a config, each layer winning over the one before.
+
+    `model` (a preset name, `--model`) replaces the whole architecture, which is why it is a layer
+    of its own: a preset is several fields at once. The result is validated, and errors name the
+    file or option at fault.
+    """
+    data = to_dict(TrainConfig())
+    where = "config"
+    if file is not None:
+        path = resolve_config_path(file)
+        where = str(path)
+        data = merge(data, read_config_file(path))
+    if model is not None:
+        data["model"] = expand_model({"preset": model}, "--model")
+        where = f"{where} with command-line options"
+    if overrides:
+        override = dict(overrides)
+        if "model" in override:
+            override["model"] = expand_model(override["model"], "--set model")
+        data = merge(data, override)
+        where = f"{where} with command-line options"
+    return from_dict(TrainConfig, data, where)
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    """A config as YAML text that `build_config(file)` reads back to an equal config."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A config as flat `section.field -> value` pairs (for tracking params)."""
+    data = to_dict(config) if dataclasses.is_dataclass(config) else config
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def data_name(config: TrainConfig) -> str:
+    """Short name of the training data for run names: `data.name`, else from `data.source`."""
+    if config.data.name:
+        return config.data.name
+    source = config.data.source.rstrip("/")
+    # Shard URLs name the shards, not the dataset: use their folder.
+    if any(ch in source for ch in "{:") or source.endswith(".tar"):
+        source = source.rsplit("/", 1)[0] if "/" in source else "shards"
+    return Path(source).name or "data"
+
+
+def _short_count(n: int) -> str:
+    if n >= 1000 and n % 100 == 0:
+        k = n / 1000
+        return f"{k:g}k"
+    return str(n)
+
+
+def run_name(config: TrainConfig) -> str:
+    """A name encoding the setup, BasicSR style: `EDSR_x2_f64b16_bicubic_sample_3k`."""
+    if config.tracking.run_name:
+        return config.tracking.run_name
+    m = config.model
+    scales = "".join(str(s) for s in m.scales)
+    return "_".join(
+        [m.kind.upper(), f"x{scales}", f"f{m.n_feats}b{m.n_blocks}", config.data.track,
+         data_name(config), _short_count(config.max_steps)]
+    )
+
+

@@ -279,11 +279,7 @@ def evaluate_folders(
         pairs, desc="evaluate", unit="image", leave=False, disable=not progress
     ):
         sr, hr = read_image(sr_path), read_image(hr_path)
-        hr = _crop_hr_to_sr(sr_path, sr, hr_path, hr, scale)
-        try:
-            s = score(sr, hr, scale=scale, protocol=protocol)
-        except ValueError as e:
-            raise DataError(f"{sr_path}: {e}") from None
+        s = score_sr(sr, hr, scale=scale, protocol=protocol, name=str(sr_path), hr_name=f"HR {hr_path.name}")
         per_image[hr_path.stem] = {"psnr": s.psnr, "ssim": s.ssim}
     n = len(per_image)
     mean = {
@@ -293,14 +289,22 @@ def evaluate_folders(
     return {"per_image": per_image, "mean": mean}
 
 
-def _crop_hr_to_sr(
-    sr_path: Path, sr: np.ndarray, hr_path: Path, hr: np.ndarray, scale: int
-) -> np.ndarray:
+def score_sr(sr: np.ndarray, hr: np.ndarray, *, scale: int, protocol: str, name: str = "SR image",
+             hr_name: str = "HR") -> Score:
+    """Score `sr` against `hr`, first cropping HR to the SR size as MATLAB's `modcrop` does.
+
+    SR is `scale` times the LR size, and LR was made from HR cropped to a multiple of the scale,
+    so SR may be smaller than HR by less than `scale` pixels in each dimension; any other size is
+    a DataError naming `name`, `hr_name` and both sizes.
+    """
     (h, w), (hh, hw) = sr.shape[:2], hr.shape[:2]
-    if 0 <= hh - h < scale and 0 <= hw - w < scale:
-        return hr[:h, :w]
-    raise DataError(
-        f"{sr_path}: SR image is {w}x{h} (WxH) but HR {hr_path.name} is {hw}x{hh}; at scale "
-        f"{scale} it must equal the HR size, or be smaller by less than {scale} pixels in each "
-        "dimension (HR not cropped to a multiple of the scale)"
-    )
+    if not (0 <= hh - h < scale and 0 <= hw - w < scale):
+        raise DataError(
+            f"{name}: SR image is {w}x{h} (WxH) but {hr_name} is {hw}x{hh}; at scale "
+            f"{scale} it must equal the HR size, or be smaller by less than {scale} pixels in each "
+            "dimension (HR not cropped to a multiple of the scale)"
+        )
+    try:
+        return score(sr, hr[:h, :w], scale=scale, protocol=protocol)
+    except ValueError as e:
+        raise DataError(f"{name}: {e}") from None

@@ -325,8 +325,8 @@ def quick_train(spec: QuickTrain, *, data_root: Path, track: str, progress: bool
     Tracking is off: this is a stand-in, not an experiment.
     """
     from ntire.config import ModelConfig
-    from ntire.train import fit
-    from ntire.train_config import DataConfig, OptimConfig, TrackingConfig, TrainConfig
+    from ntire.training.fit import fit
+    from ntire.config import DataConfig, OptimConfig, TrackingConfig, TrainConfig
 
     config = TrainConfig(
         model=ModelConfig(kind=spec.kind, scales=spec.scales, n_blocks=spec.n_blocks, n_feats=spec.n_feats),
@@ -661,7 +661,7 @@ def build_track(
     """Make, validate and zip the submissions of one track, one per scale (see module doc)."""
     import torch
 
-    from ntire.checkpoint import load_model
+    from ntire.models.checkpoint import load_model
     from ntire.inference import upscale_image
     from ntire.models.build import count_parameters
 
@@ -807,8 +807,8 @@ def log_results(
     except ImportError:
         say("MLflow is not installed (pip install 'ntire[track]'): results not logged")
         return
-    from ntire.tracking import start_tracking
-    from ntire.train_config import TrackingConfig
+    from ntire.training.tracking import start_tracking
+    from ntire.config import TrackingConfig
 
     tracker = start_tracking(
         TrackingConfig(uri=uri, experiment="ntire-submissions"),

@@ -50,7 +50,7 @@ from ray import tune
 from ntire.config import from_dict, to_dict
 from ntire.errors import ConfigError
 from ntire.files import atomic_write_text
-from ntire.train_config import CONFIG_DIR, TrainConfig, config_to_yaml, data_name, flatten, run_name
+from ntire.config import CONFIG_DIR, TrainConfig, config_to_yaml, data_name, flatten, run_name
 
 SPACE_DIR = CONFIG_DIR / "spaces"
 """The search spaces shipped with the package (`--space tiny` finds `tiny.yaml` here)."""
@@ -176,7 +176,7 @@ class SearchSpace:
 
 def resolve_space_path(name: str | os.PathLike) -> Path:
     """A search space file path, or the name of a shipped one (`tiny`, `paper.yaml`)."""
-    from ntire.train_config import resolve_shipped
+    from ntire.config import resolve_shipped
 
     return resolve_shipped(name, SPACE_DIR, "search space file", "spaces")
 
@@ -437,7 +437,7 @@ class TrialReporter:
         self._filed = True
         if not (self.setup.parent_run_id and self.setup.tracking_uri):
             return
-        from ntire.train_state import read_checkpoint
+        from ntire.training.state import read_checkpoint
 
         run_id = read_checkpoint(checkpoint).state.tracking_run_id
         if not run_id:
@@ -453,7 +453,7 @@ class TrialReporter:
 
 
 def _checkpoint_step(path: str | os.PathLike) -> int:
-    from ntire.train_state import read_checkpoint
+    from ntire.training.state import read_checkpoint
 
     return read_checkpoint(path).state.step
 
@@ -461,7 +461,7 @@ def _checkpoint_step(path: str | os.PathLike) -> int:
 def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     """One trial in this process: `fit` with the trial's config, resumed from Ray's checkpoint
     of this trial if it is being retried or restored."""
-    from ntire.train import fit
+    from ntire.training.fit import fit
 
     context = tune.get_context()
     trial_id = context.get_trial_id()
@@ -507,7 +507,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     """Body of each Ray Train worker of a distributed trial."""
     import ray.train
 
-    from ntire.train import fit
+    from ntire.training.fit import fit
 
     setup: TrialSetup = loop_config["setup"]
     trial_id = loop_config["trial_id"]
@@ -664,28 +664,19 @@ def prepare_base(config: TrainConfig, space: SearchSpace, output_dir: Path, cwd:
     return dataclasses.replace(base, data=dataclasses.replace(data, **updates), init_from=absolute(base.init_from))
 
 
-class _DriverProcess:
-    """What `ntire.train.training_urls` asks of an Accelerator, for sharding once in the driver."""
-
-    is_main_process = True
-    is_local_main_process = True
-
-    def wait_for_everyone(self) -> None:
-        pass
-
-
 def shard_once(base: TrainConfig) -> None:
     """Shard a local dataset folder for the trials before any starts (they would race to)."""
-    from ntire.train import training_urls
+    from ntire.training.inputs import prepare_training_shards
 
     if base.data.shard_dir and Path(base.data.source).is_dir():
-        training_urls(base, _DriverProcess(), _say)  # type: ignore[arg-type]
+        prepare_training_shards(base, say=_say)
 
 
 def check_validation(base: TrainConfig) -> None:
     """A sweep ranks trials by validation PSNR: refuse a config without validation data."""
-    source = Path(base.data.source)
-    if base.data.valid_root is None and not (source.is_dir() and not (source / "manifest.json").is_file()):
+    from ntire.training.inputs import validation_root
+
+    if validation_root(base) is None:
         raise ConfigError(f"data.source {base.data.source} is shards, and data.valid_root is not set: "
                           "a sweep needs validation data to rank its trials (set data.valid_root)")
 
@@ -780,7 +771,7 @@ def ray_session(address: str | None) -> Iterator[None]:
 @contextlib.contextmanager
 def _parent_run(state: SweepState, base: TrainConfig, out: Path) -> Iterator[tuple[SweepState, Any]]:
     """Open (or reopen) the sweep's MLflow run; the experiment exists before any trial starts."""
-    from ntire.tracking import default_tracking_uri, start_tracking
+    from ntire.training.tracking import default_tracking_uri, start_tracking
 
     if not base.tracking.enabled:
         yield dataclasses.replace(state, tracking_uri=None), None

@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from ntire.checkpoint import save_model
+from ntire.models.checkpoint import save_model
 from ntire.config import ModelConfig
 from ntire.data.degrade import bicubic_downscale, bicubic_upscale, unknown_downscale
 from ntire.images import encode_png, image_to_tensor, read_image, write_png
@@ -178,7 +178,7 @@ def _mean_of_8(model, lr: np.ndarray, scale: int) -> np.ndarray:
 
 
 def test_self_ensemble_on_for_bicubic_equals_mean_of_8_runs(built, dataset, checkpoints):
-    from ntire.checkpoint import load_model
+    from ntire.models.checkpoint import load_model
 
     _, out, results = built
     model, _ = load_model(checkpoints["mdsr"])
@@ -195,7 +195,7 @@ def test_self_ensemble_on_for_bicubic_equals_mean_of_8_runs(built, dataset, chec
 
 
 def test_self_ensemble_off_by_default_on_unknown(built, dataset, checkpoints):
-    from ntire.checkpoint import load_model
+    from ntire.models.checkpoint import load_model
 
     _, _, results = built
     model, _ = load_model(checkpoints["edsr"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ntire.errors import ConfigError
-from ntire.train_config import TrainConfig, build_config
+from ntire.config import TrainConfig, build_config
 
 pytest.importorskip("ray")
 

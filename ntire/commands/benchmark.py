@@ -66,8 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ntire.benchmark_report import available_sets, format_markdown, run_benchmark, write_report
-    from ntire.checkpoint import load_model
+    from ntire.benchmark import available_sets, format_markdown, run_benchmark, write_report
+    from ntire.models.checkpoint import load_model
     from ntire.errors import ConfigError
 
     if args.tile is not None and args.tile < 1:
@@ -148,7 +148,7 @@ def _manifest_checkpoints(manifest: str | None, root: Path, progress: bool) -> d
 
 
 def _log(report, out: Path, args: argparse.Namespace) -> None:
-    from ntire.benchmark_report import report_metrics
+    from ntire.benchmark import report_metrics
 
     def say(message: str) -> None:
         print(f"ntire benchmark: {message}", file=sys.stderr)
@@ -158,8 +158,8 @@ def _log(report, out: Path, args: argparse.Namespace) -> None:
     except ImportError:
         say("MLflow is not installed (pip install 'ntire[track]'): results not logged")
         return
-    from ntire.tracking import start_tracking
-    from ntire.train_config import TrackingConfig
+    from ntire.training.tracking import start_tracking
+    from ntire.config import TrackingConfig
 
     params = {"root": report.root, "sets": ",".join(dict.fromkeys(r.set_name for r in report.rows))}
     params.update({f"x{s}_checkpoint": c for s, c in report.checkpoints.items()})

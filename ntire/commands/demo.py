@@ -26,9 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ntire.data.sample import build_sample_dataset, is_complete
-    from ntire.tracking import default_tracking_uri
-    from ntire.train import config_from_args, fit
-    from ntire.train_config import config_to_yaml
+    from ntire.training.tracking import default_tracking_uri
+    from ntire.options import config_from_args
+    from ntire.training.fit import fit
+    from ntire.config import config_to_yaml
 
     config = config_from_args(args)
     if args.print_config:

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ntire.commands.demo import SAMPLE_DIR
         from ntire.data.sample import build_sample_dataset, is_complete
-        from ntire.train_config import build_config, parse_set
+        from ntire.config import build_config, parse_set
 
         if args.space is None:
             raise ConfigError("--space is required (a search space file or a shipped name: tiny, paper)")

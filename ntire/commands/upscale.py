@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ntire.checkpoint import load_model
+    from ntire.models.checkpoint import load_model
     from ntire.errors import ConfigError
     from ntire.images import read_image, write_png
     from ntire.inference import upscale_image

@@ -1,7 +1,7 @@
 """EDSR and MDSR exactly as the paper and the authors' released checkpoints define them."""
 
 from ntire.models.blocks import MeanShift, ResBlock, Upsampler
-from ntire.models.build import build_model, count_parameters, receptive_field_radius
+from ntire.models.build import build_model, count_parameters, receptive_field_radius, unwrap
 from ntire.models.edsr import EDSR
 from ntire.models.mdsr import MDSR
 
@@ -14,4 +14,5 @@ __all__ = [
     "build_model",
     "count_parameters",
     "receptive_field_radius",
+    "unwrap",
 ]

@@ -56,3 +56,20 @@ def count_parameters(model: nn.Module) -> int:
     This is the convention of the paper's counts: EDSR x2 has 40,729,603 ("40.7M").
     """
     return sum(p.numel() for p in model.parameters())
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside training wrappers: DDP, DataParallel or DeepSpeed (`.module`) and
+    torch.compile (`._orig_mod`).
+
+    Not `accelerator.unwrap_model`, which imports DeepSpeed whenever it is installed (seconds, and
+    a warning on every CPU run), and is not needed outside training.
+    """
+    while True:
+        for attr in ("module", "_orig_mod"):
+            inner = getattr(model, attr, None)
+            if isinstance(inner, nn.Module):
+                model = inner
+                break
+        else:
+            return model

@@ -17,7 +17,7 @@ jsonschema = pytest.importorskip("jsonschema")
 import ray.autoscaler  # noqa: E402
 from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: E402
 
-from ntire.train_config import build_config  # noqa: E402
+from ntire.config import build_config  # noqa: E402
 
 RAY_DIR = Path(__file__).resolve().parents[2] / "cluster" / "ray"
 CLUSTER_FILES = sorted(RAY_DIR.glob("*.yaml"))

@@ -25,7 +25,7 @@ pytest.importorskip("ray")
 
 from ray import tune  # noqa: E402
 
-from ntire.train_config import TrainConfig, build_config  # noqa: E402
+from ntire.config import TrainConfig, build_config  # noqa: E402
 from ntire.tune import SweepOptions, parse_space, run_sweep  # noqa: E402
 
 MAX_STEPS = 30
@@ -142,7 +142,7 @@ def test_asha_sweep_over_both_nodes_retries_a_crashed_trial_and_exports_the_best
 
     # The best config is a training config `ntire/train.py --config` reads as it is.
     from ntire.commands.train import add_arguments
-    from ntire.train import config_from_args
+    from ntire.options import config_from_args
 
     best = max(result.results, key=lambda r: r.metrics["valid_psnr"])
     assert result.best_metrics["valid_psnr"] == pytest.approx(best.metrics["valid_psnr"])
@@ -226,7 +226,7 @@ def test_interrupted_sweep_resumes_with_the_cli(two_nodes, sample_data, tmp_path
 @pytest.mark.skipif(os.environ.get("NTIRE_TEST_RAY_TRAIN") != "1",
                     reason="a Ray Train run takes ~30 s of CPU (set NTIRE_TEST_RAY_TRAIN=1 to run it)")
 def test_distributed_trial_runs_fit_on_ray_train_workers(two_nodes, sample_data, tmp_path):
-    from ntire.distributed import read_rank_records
+    from ntire.training.distributed import read_rank_records
 
     config = dataclasses.replace(tiny_config(sample_data, tmp_path / "mlflow.db"), max_steps=EVAL_EVERY)
     space = parse_space({"optim.lr": {"grid": [1e-3]}}, "distributed")

@@ -17,7 +17,7 @@ def checkpoints(tmp_path_factory):
     """Tiny EDSR x2 and MDSR x2/3/4 checkpoint folders (random weights)."""
     import torch
 
-    from ntire.checkpoint import save_model
+    from ntire.models.checkpoint import save_model
     from ntire.config import ModelConfig
     from ntire.models.build import build_model
 
@@ -39,7 +39,7 @@ def _save(path, image, mode=None):
 
 def _expected(checkpoint, image, scale, **kwargs):
     """What the library computes for the same checkpoint and image."""
-    from ntire.checkpoint import load_model
+    from ntire.models.checkpoint import load_model
     from ntire.inference import upscale_image
 
     model, config = load_model(checkpoint)

@@ -1,4 +1,4 @@
-"""tracking/serve.sh: a real MLflow server on loopback, a tiny run logged to it through ntire.tracking."""
+"""tracking/serve.sh: a real MLflow server on loopback, a tiny run logged to it through ntire.training.tracking."""
 
 from __future__ import annotations
 
@@ -105,8 +105,8 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_server_records_a_run_logged_through_ntire_tracking(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from ntire.tracking import start_tracking
-    from ntire.train_config import TrackingConfig
+    from ntire.training.tracking import start_tracking
+    from ntire.config import TrackingConfig
 
     port = _free_port()
     data = tmp_path / "server"

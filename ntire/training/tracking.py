@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ntire.train_config import TrackingConfig
+from ntire.config import TrackingConfig
 
 # Without these, MLflow retries an unreachable server for minutes on every call (7 retries,
 # exponential backoff, 120 s timeout). A user's own settings win.
@@ -187,6 +187,43 @@ def start_tracking(
     return tracker
 
 
+def log_report(
+    *,
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    report_dir: str | os.PathLike,
+    uri: str | None = None,
+    say: Callable[[str], None] = _say,
+) -> str | None:
+    """Log a finished report (a benchmark table, a submission's scores) as one MLflow run: params,
+    metrics at step 0 and the files of `report_dir` as artifacts under `report/`.
+
+    MLflow is optional: without it (or with its store unreachable) this says so and returns None;
+    otherwise the run id. The store is `uri`, else $MLFLOW_TRACKING_URI, else `runs/mlflow.db`.
+    """
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        say("MLflow is not installed (pip install 'ntire[track]'): results not logged")
+        return None
+    tracker = start_tracking(
+        TrackingConfig(uri=uri, experiment=experiment),
+        run_name=run_name,
+        output_dir="runs",
+        params=params,
+        say=say,
+    )
+    if not tracker.active:
+        return None
+    tracker.log_metrics(metrics, step=0)
+    tracker.log_artifacts(report_dir, "report")
+    tracker.finish()
+    say(f"logged to MLflow run {tracker.run_id} ({run_name}) at {tracker.uri}")
+    return tracker.run_id
+
+
 def _reopen(client: Any, run_id: str | None) -> str | None:
     if not run_id:
         return None
@@ -237,4 +274,4 @@ def _first_line(error: BaseException) -> str:
     return text[0][:200] if text else type(error).__name__
 
 
-__all__ = ["Tracker", "default_tracking_uri", "start_tracking"]
+__all__ = ["Tracker", "default_tracking_uri", "log_report", "start_tracking"]

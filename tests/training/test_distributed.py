@@ -1,4 +1,4 @@
-"""ntire.distributed and the launch configs: real multi-process runs of `ntire/train.py` on the CPU.
+"""ntire.training.distributed and the launch configs: real multi-process runs of `ntire/train.py` on the CPU.
 
 The launched runs (2 processes; 2 "machines" on 127.0.0.1; DeepSpeed ZeRO-2 over 2 processes)
 train a 4.5k-parameter EDSR for 8 updates on tiny shards. Every wrong launch fails silently by
@@ -7,7 +7,7 @@ training fewer or independent processes, so each run is judged by the files its 
 
 A known DeepSpeed/gloo teardown race sometimes aborts a process AFTER it finished ("terminate
 called without an active exception", SIGABRT; 1 run in 18 after the barrier + destroy in
-ntire.distributed.finish). A run with a non-zero exit is accepted only when that message is in
+ntire.training.distributed.finish). A run with a non-zero exit is accepted only when that message is in
 its log AND every output of a finished run is there (all rank records at the last step, the
 exported model, the last metrics line): the abort then happened after all work was done.
 """
@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import torch
 
-from ntire.distributed import (
+from ntire.training.distributed import (
     accelerator_kwargs,
     check_launch,
     check_world_size,
@@ -40,9 +40,9 @@ from ntire.distributed import (
     weights_digest,
 )
 from ntire.errors import ConfigError
-from ntire.train_config import build_config
+from ntire.config import build_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ACCELERATE_DIR = REPO / "cluster" / "accelerate"
 DEEPSPEED_DIR = REPO / "cluster" / "deepspeed"
 TRAIN_SCRIPT = REPO / "ntire" / "train.py"
@@ -181,7 +181,7 @@ def _check_run(results: list[tuple[int, str]], out: Path, *, world: int, distrib
     assert len({r["weights_sha256"] for r in records}) == 1, "ranks ended with different weights"
 
     # The exported model is the weights every rank holds.
-    from ntire.checkpoint import load_model
+    from ntire.models.checkpoint import load_model
 
     exported, _ = load_model(out / "model")
     assert weights_digest(exported) == records[0]["weights_sha256"]
@@ -192,7 +192,7 @@ def _check_run(results: list[tuple[int, str]], out: Path, *, world: int, distrib
 
 
 def _exported_state(out: Path) -> dict[str, torch.Tensor]:
-    from ntire.checkpoint import load_model
+    from ntire.models.checkpoint import load_model
 
     model, _ = load_model(out / "model")
     return model.state_dict()
@@ -291,14 +291,14 @@ def test_several_processes_without_gpu_ask_for_the_cpu(launch_env):
     config = build_config(overrides={"data": {"source": "x"}})
     assert "cpu" not in accelerator_kwargs(config)  # one process: Accelerate picks the device
     launch_env.setenv("WORLD_SIZE", "2")
-    launch_env.setattr("ntire.distributed.has_gpu", lambda: False)
+    launch_env.setattr("ntire.training.distributed.has_gpu", lambda: False)
     assert accelerator_kwargs(config)["cpu"] is True
     launch_env.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     kwargs = accelerator_kwargs(config)
     assert "cpu" not in kwargs  # cpu=True would drop DeepSpeed
     backends = [h.backend for h in kwargs["kwargs_handlers"] if isinstance(h, InitProcessGroupKwargs)]
     assert backends == ["gloo"]
-    launch_env.setattr("ntire.distributed.has_gpu", lambda: True)
+    launch_env.setattr("ntire.training.distributed.has_gpu", lambda: True)
     assert not [h for h in accelerator_kwargs(config)["kwargs_handlers"] if isinstance(h, InitProcessGroupKwargs)]
 
 
@@ -321,7 +321,7 @@ def _fake_deepspeed_accelerator(stage: int, **extra) -> SimpleNamespace:
 
 
 def test_deepspeed_auto_entries_come_from_the_training_config():
-    from ntire.distributed import _fill_deepspeed_config, mixed_precision
+    from ntire.training.distributed import _fill_deepspeed_config, mixed_precision
 
     config = build_config(overrides={"data": {"source": "x", "batch_size": 4}, "optim": {"grad_accum": 3}})
     fake = _fake_deepspeed_accelerator(2)
@@ -341,7 +341,7 @@ def test_deepspeed_auto_entries_come_from_the_training_config():
 
 
 def test_deepspeed_settings_ntire_cannot_honour_are_refused():
-    from ntire.distributed import _fill_deepspeed_config
+    from ntire.training.distributed import _fill_deepspeed_config
 
     config = build_config(overrides={"data": {"source": "x"}})
     with pytest.raises(ConfigError, match="stage 3"):

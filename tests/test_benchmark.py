@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from ntire.benchmark_report import (
+from ntire.benchmark import (
     DIV2K_SET,
     available_sets,
     format_markdown,
     run_benchmark,
     write_report,
 )
-from ntire.checkpoint import load_model, save_model
+from ntire.models.checkpoint import load_model, save_model
 from ntire.config import ModelConfig
 from ntire.data.degrade import bicubic_downscale, bicubic_upscale
 from ntire.images import image_to_tensor, read_image, tensor_to_image, write_png

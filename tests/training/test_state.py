@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-import ntire.train_state as train_state
+import ntire.training.state as train_state
 from ntire.errors import CheckpointError
-from ntire.train_state import (
+from ntire.training.state import (
     STATE_FILE,
     TrainState,
     best_checkpoint,
@@ -88,7 +88,7 @@ def prepared():
     """A real Accelerator with a tiny model, Adam and a registered StepLR."""
     from accelerate import Accelerator
 
-    from ntire.distributed import finish
+    from ntire.training.distributed import finish
 
     accelerator = Accelerator(cpu=True)
     torch.manual_seed(0)

@@ -10,13 +10,18 @@ valid, `benchmark` (Y channel, scale border) for Set5-like sets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from torch import nn
 
-from ntire.config import ModelConfig
+from ntire.config import ModelConfig, TrainConfig
 from ntire.metrics import Score, score
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from ntire.training.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -153,4 +158,41 @@ def comparison(bicubic: np.ndarray, sr: np.ndarray, hr: np.ndarray, crop: int = 
     return np.ascontiguousarray(np.concatenate([tiles[0], spacer, tiles[1], spacer, tiles[2]], axis=1))
 
 
-__all__ = ["ScaleResult", "Validation", "ValidationImage", "comparison", "load_validation", "validate"]
+def run_validation(
+    model: nn.Module,
+    config: TrainConfig,
+    images: list[ValidationImage],
+    accelerator: Accelerator,
+    tracker: Tracker,
+    step: int,
+    say: Callable[[str], None],
+) -> Validation:
+    """Validate on every process's share, print a line per scale, log metrics and pictures.
+
+    Runs a plain fp32 copy of the weights, whatever the training precision and wrappers (DDP,
+    compile, autocast): the scores are those of the exported model under `ntire upscale`.
+    """
+    from accelerate.utils import gather_object
+
+    from ntire.training.export import fp32_network
+
+    network = fp32_network(model, config, accelerator, accelerator.device)
+    gather = gather_object if accelerator.num_processes > 1 else (lambda rows: rows)
+    result = validate(
+        network,
+        config.model,
+        images,
+        device=accelerator.device,
+        tile=config.data.valid_tile,
+        gather=gather,
+        comparison_crop=config.tracking.comparison_crop,
+    )
+    for scale_result in result.scales.values():
+        say(f"step {step}: {scale_result.line()}")
+    tracker.log_metrics(result.metrics(), step)
+    for scale, picture in result.comparisons.items():
+        tracker.log_image(picture, f"comparisons/step-{step:08d}_x{scale}.png")
+    return result
+
+
+__all__ = ["ScaleResult", "run_validation", "Validation", "ValidationImage", "comparison", "load_validation", "validate"]

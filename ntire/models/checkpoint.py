@@ -24,7 +24,7 @@ from torch import nn
 from ntire.config import ModelConfig, load_yaml, save_yaml, to_dict
 from ntire.errors import CheckpointError, NtireError
 from ntire.files import atomic_path
-from ntire.models.build import build_model
+from ntire.models.build import build_model, unwrap
 from ntire.models.official import check_weights, load_released, load_weights
 
 WEIGHTS_NAME = "model.safetensors"
@@ -55,7 +55,7 @@ def save_model(
     a half-written file. Raises CheckpointError if `model` is not the network `config` describes.
     """
     directory = Path(directory)
-    model = _unwrap(model)
+    model = unwrap(model)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with torch.device("meta"):  # shapes only: no memory, no init cost even for the 43M EDSR
         reference = build_model(config)
@@ -173,7 +173,7 @@ def init_from(
     (the paper retrains them); nor are tensors whose shape differs or that the source lacks (e.g.
     MDSR pre-processing from an EDSR). Raises CheckpointError if not even the body was transferred.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     source = {_role(k): v for k, v in source_state_dict.items()}
     own = model.state_dict()
     transferred: list[str] = []
@@ -219,18 +219,6 @@ def _role(key: str) -> str:
         if m:
             return role.format(m.group(1))
     return key
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The network inside DDP/DataParallel (`.module`) or torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        for attr in ("module", "_orig_mod"):
-            inner = getattr(model, attr, None)
-            if isinstance(inner, nn.Module):
-                model = inner
-                break
-        else:
-            return model
 
 
 __all__ = ["InitReport", "SavedModel", "init_from", "load_model", "read_metadata", "save_model"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ntire.tracking import Tracker, default_tracking_uri, start_tracking
-from ntire.train_config import TrackingConfig, build_config, merge
+from ntire.training.tracking import Tracker, default_tracking_uri, start_tracking
+from ntire.config import TrackingConfig, build_config, merge
 
 
 def tiny_div2k(root: Path, size: int = 72) -> Path:
@@ -49,7 +49,7 @@ def closed_port() -> int:
 def test_a_training_job_is_one_mlflow_run_with_params_metrics_and_artifacts(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from ntire.train import fit
+    from ntire.training.fit import fit
 
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     result = fit(tiny_config(tmp_path, tracking={"uri": uri, "experiment": "tests"}))
@@ -83,7 +83,7 @@ def test_a_training_job_is_one_mlflow_run_with_params_metrics_and_artifacts(tmp_
 
 
 def test_an_unreachable_server_is_reported_once_and_training_goes_on(tmp_path, capsys):
-    from ntire.train import fit
+    from ntire.training.fit import fit
 
     uri = f"http://127.0.0.1:{closed_port()}"
     result = fit(tiny_config(tmp_path, tracking={"uri": uri}))

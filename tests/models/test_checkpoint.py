@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from ntire.__main__ import main
-from ntire.checkpoint import init_from, load_model, read_metadata, save_model
+from ntire.models.checkpoint import init_from, load_model, read_metadata, save_model
 from ntire.config import ModelConfig
 from ntire.errors import CheckpointError
 from ntire.models import build_model
@@ -170,7 +170,7 @@ def test_convert_cli_refuses_bad_files_without_a_traceback(tmp_path):
     bad.write_bytes(b"\x80\x02garbage")
     result = subprocess.run(
         [sys.executable, "-m", "ntire", "convert", str(bad), str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
     )
     assert result.returncode == 2
     assert "edsr_x4-broken.pt" in result.stderr and "Traceback" not in result.stderr

@@ -44,7 +44,7 @@ from ntire.files import atomic_write_text
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from ntire.train_config import TrainConfig
+    from ntire.config import TrainConfig
 
 RANKS_DIR = "ranks"
 """Sub-folder of the output folder where `record_rank` writes `rank-<i>.json`."""

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ntire.commands.train import add_arguments
+from ntire.options import add_train_arguments as add_arguments
 from ntire.config import ModelConfig
 from ntire.errors import ConfigError
-from ntire.train_config import (
+from ntire.config import (
     CONFIG_DIR,
     TrainConfig,
     build_config,
@@ -34,7 +34,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def config_from(*argv: str) -> TrainConfig:
-    from ntire.train import config_from_args
+    from ntire.options import config_from_args
 
     return config_from_args(parse(*argv))
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from ntire.config import ModelConfig
-from ntire.train_config import TrainConfig, build_config, merge
+from ntire.config import TrainConfig, build_config, merge
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = {"n_blocks": 1, "n_feats": 8}
 
 
@@ -72,10 +72,11 @@ def read_metrics(out: Path) -> dict[int, dict[str, float]]:
 def test_fit_learns_validates_checkpoints_and_exports(dataset, tmp_path, capsys):
     from accelerate.utils import set_seed
 
-    from ntire.checkpoint import load_model
+    from ntire.models.checkpoint import load_model
     from ntire.data.loader import train_batches
     from ntire.models.build import build_model
-    from ntire.train import fit, training_urls
+    from ntire.training.fit import fit
+    from ntire.training.inputs import training_urls
 
     config = tiny_config(dataset, tmp_path / "run", max_steps=30, save_every=10, eval_every=15,
                          optim={"lr": 3e-3})
@@ -108,24 +109,14 @@ def test_fit_learns_validates_checkpoints_and_exports(dataset, tmp_path, capsys)
     # Checkpoints at 10, 20, 30; only 30 was validated, so it is both the last and the best.
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["step-00000030"] and result.best_checkpoint.name == "step-00000030"
-    assert training_urls(config, _Main(), print) == shards  # the cache is reused
-
-
-class _Main:
-    """Enough of an Accelerator for training_urls once the shards exist."""
-
-    is_local_main_process = True
-    is_main_process = True
-
-    def wait_for_everyone(self) -> None:
-        pass
+    assert training_urls(config) == shards  # the cache is reused
 
 
 @pytest.fixture
 def accelerator():
     from accelerate import Accelerator
 
-    from ntire.distributed import finish
+    from ntire.training.distributed import finish
 
     acc = Accelerator(cpu=True)
     yield acc
@@ -136,7 +127,7 @@ def accelerator():
 def test_mdsr_step_leaves_other_scales_and_their_adam_state_untouched(accelerator, foreach):
     from ntire.data.loader import Batch
     from ntire.models.build import build_model
-    from ntire.train import update
+    from ntire.training.fit import update
 
     config = build_config(None, {"model": {"kind": "mdsr", "scales": [2, 3, 4], **TINY_MODEL},
                                  "optim": {"grad_clip": 1.0}})
@@ -176,9 +167,9 @@ def test_mdsr_step_leaves_other_scales_and_their_adam_state_untouched(accelerato
 
 
 def test_init_from_x2_starts_x3_with_all_but_the_upsampler(tmp_path):
-    from ntire.checkpoint import save_model
+    from ntire.models.checkpoint import save_model
     from ntire.models.build import build_model
-    from ntire.train import build_training_model
+    from ntire.training.fit import build_training_model
 
     torch.manual_seed(1)
     x2_config = ModelConfig(scales=(2,), **TINY_MODEL)
@@ -203,7 +194,7 @@ def test_init_from_x2_starts_x3_with_all_but_the_upsampler(tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_network(dataset, tmp_path):
     from ntire.errors import CheckpointError
-    from ntire.train import fit
+    from ntire.training.fit import fit
 
     fit(tiny_config(dataset, tmp_path / "run", max_steps=2, save_every=2, eval_every=0))
     other = tiny_config(dataset, tmp_path / "run", max_steps=4, resume="auto", model={"n_feats": 16})
@@ -215,7 +206,7 @@ def test_resume_refuses_a_checkpoint_of_another_network(dataset, tmp_path):
 # folder is complete on disk but before it is renamed into place, i.e. mid-save and mid-run.
 KILLED_RUN = """
 import os, signal, sys
-import ntire.train_state as train_state
+import ntire.training.state as train_state
 real_fsync, saves = train_state._fsync_tree, []
 def fsync_then_die(folder):
     real_fsync(folder)
@@ -231,8 +222,9 @@ sys.exit(main(sys.argv[1:]))
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run_exactly(dataset, tmp_path):
     from safetensors.torch import load_file
 
-    from ntire.commands.train import add_arguments
-    from ntire.train import config_from_args, fit
+    from ntire.options import add_train_arguments as add_arguments
+    from ntire.options import config_from_args
+    from ntire.training.fit import fit
 
     options = ["--data", str(dataset), "--model", "edsr-baseline", "--scale", "2", "--set", "model.n_blocks=1",
                "--set", "model.n_feats=8", "--batch-size", "4", "--patch-size", "16", "--num-workers", "0",

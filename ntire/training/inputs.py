@@ -1,0 +1,145 @@
+"""What a training job reads: its shard URLs (a dataset folder is sharded once into a cache), its
+stream of batches, and its share of the validation images."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ntire.config import TrainConfig
+from ntire.errors import DataError
+
+
+def _is_urls(source: str) -> bool:
+    return "://" in source or "{" in source or "::" in source or source.endswith(".tar")
+
+
+def shard_cache_dir(config: TrainConfig) -> Path:
+    """Where a dataset folder given as `data.source` is sharded to for this config."""
+    return Path(config.data.shard_dir or Path(config.output_dir) / "shards") / shard_cache_name(config)
+
+
+def prepare_training_shards(config: TrainConfig, *, say: Callable[[str], None] = print,
+                            progress: bool = False) -> list[str] | str:
+    """Shard a dataset folder into its cache unless that is complete already; return the URLs.
+
+    Call it on one process per machine, then `training_urls` on every process after a barrier.
+    A shard folder (with manifest.json) or shard URLs need no preparation and are returned as they are.
+    """
+    source = config.data.source
+    if _source_kind(source) == "dataset":
+        shard_dir = shard_cache_dir(config)
+        if not _complete(shard_dir):
+            from ntire.data.layout import div2k_pairs
+            from ntire.data.shards import write_shards
+
+            say(f"sharding {source} into {shard_dir} (once; reused by later runs)")
+            pairs = div2k_pairs(source, split="train", track=config.data.track, scales=config.scales,
+                                indices=span(config.data.train_indices))
+            write_shards(pairs, shard_dir, track=config.data.track, scales=config.scales,
+                         subimage=config.data.subimage, step=config.data.subimage_step, progress=progress)
+    return training_urls(config)
+
+
+def training_urls(config: TrainConfig) -> list[str] | str:
+    """The shard URLs to stream: a dataset folder's shard cache (see `prepare_training_shards`),
+    a shard folder's shards (it holds manifest.json), or `data.source` itself taken as URLs."""
+    from ntire.data.shards import MANIFEST_NAME, read_manifest
+
+    source = config.data.source
+    kind = _source_kind(source)
+    if kind == "urls":
+        return source
+    folder = Path(source) if kind == "shards" else shard_cache_dir(config)
+    if kind == "dataset" and not _complete(folder):
+        raise DataError(f"{folder}: the shard cache of {source} is not built (prepare_training_shards first)")
+    return read_manifest(folder).urls(folder)
+
+
+def _source_kind(source: str) -> str:
+    from ntire.data.shards import MANIFEST_NAME
+
+    path = Path(source)
+    if path.is_dir():
+        return "shards" if (path / MANIFEST_NAME).is_file() else "dataset"
+    if _is_urls(source):
+        return "urls"
+    raise DataError(f"{source}: no such dataset folder (--data takes a DIV2K-layout folder or shard URLs)")
+
+
+def shard_cache_name(config: TrainConfig) -> str:
+    """Folder name of a shard cache, from what decides its content (the source folder included,
+    so that a shared --shard-dir never serves one dataset's shards for another)."""
+    d = config.data
+    source = Path(d.source).resolve()
+    tag = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+    parts = [f"{source.name}-{tag}", f"train_{d.track}_x{''.join(map(str, config.scales))}"]
+    if d.train_indices:
+        parts.append(f"{d.train_indices[0]:04d}-{d.train_indices[1]:04d}")
+    if d.subimage:
+        parts.append(f"sub{d.subimage}s{d.subimage_step or d.subimage}")
+    return "_".join(parts)
+
+
+def _complete(shard_dir: Path) -> bool:
+    from ntire.data.shards import read_manifest
+
+    try:
+        return read_manifest(shard_dir).complete
+    except DataError:
+        return False
+
+
+def span(indices: tuple[int, int] | None) -> range | None:
+    """A config's inclusive [first, last] image numbers as a range (None: all)."""
+    return None if indices is None else range(indices[0], indices[1] + 1)
+
+
+def training_batches(config: TrainConfig, urls: list[str] | str, *, start: int) -> Iterator[Any]:
+    """The endless stream of training batches of this process, from micro-batch `start` on."""
+    from ntire.data.loader import train_batches
+
+    d = config.data
+    return train_batches(
+        urls,
+        scales=config.scales,
+        batch_size=d.batch_size,
+        patch_size=d.patch_size,
+        patches_per_sample=d.patches_per_sample,
+        shuffle_buffer=d.shuffle_buffer,
+        seed=config.seed,
+        num_workers=d.num_workers,
+        start_step=start,
+        skip_bad_samples=d.skip_bad_samples,
+        augment=d.augment,
+    )
+
+
+def validation_root(config: TrainConfig) -> str | None:
+    """The dataset folder validated on: `data.valid_root`, else `data.source` when that is a
+    dataset folder (not shards); None when there is none."""
+    if config.data.valid_root is not None:
+        return config.data.valid_root
+    try:
+        return config.data.source if _source_kind(config.data.source) == "dataset" else None
+    except DataError:
+        return None
+
+
+def validation_set(config: TrainConfig, *, process_index: int = 0, num_processes: int = 1) -> list[Any] | None:
+    """This process's share of the validation images (None: no validation data for this run)."""
+    from ntire.training.validate import load_validation
+
+    root = validation_root(config)
+    if root is None:
+        return None
+    return load_validation(
+        root,
+        track=config.data.track,
+        scales=config.scales,
+        indices=span(config.data.valid_indices),
+        protocol="div2k",
+        process_index=process_index,
+        num_processes=num_processes,
+    )
