@@ -11,9 +11,14 @@ Loaders, all producing x2 batches of 16 aligned, randomly flipped/rotated 48x48 
 uint8 tensors:
   naive     a map-style torch Dataset that reads the HR and LR PNG of a random image for every
             patch and crops it (what EDSR-PyTorch's `--ext img` mode does);
-  shards    ntire.data.loader.train_batches over `ntire data shard` output (480 px sub-images,
+  shards    ntire.data.stream.train_batches over `ntire data shard` output (480 px sub-images,
             step 240, raw .npy members), 8 patches per decoded sample;
   shards/png  the same with PNG members, to justify .npy as the default encoding.
+
+Tar readers, on the same .npy shards (in the page cache), to justify ntire.data.tar_reader beside
+WebDataset: its ShardReader against `webdataset.tariterators.tar_file_expander` + `group_by_keys`,
+reading every member, and skipping every member while counting samples (what resuming mid-shard
+and `count_samples` do).
 
 Each loader runs for --seconds after a warm-up; the per-core rate is the shard loader reading in
 the calling process (num_workers=0). The GPU side is an estimate from the networks' convolution
@@ -162,10 +167,59 @@ def rate(batches, seconds: float, warmup: int = 1) -> tuple[float, float]:
 
 
 def shard_batches(urls, workers: int):
-    from ntire.data.loader import train_batches
+    from ntire.data.stream import train_batches
 
     return iter(train_batches(urls, scales=(SCALE,), batch_size=BATCH, patch_size=PATCH,
                               patches_per_sample=8, shuffle_buffer=256, num_workers=workers))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tar readers: ntire's against WebDataset's
+
+
+def ntire_samples(urls, read: bool) -> int:
+    from ntire.data.tar_reader import ShardReader, count_samples
+
+    if not read:
+        return sum(count_samples(u) for u in urls)
+    return sum(1 for u in urls for _ in ShardReader(u))
+
+
+def wds_samples(urls, read: bool) -> int:
+    from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander, url_opener
+
+    sources = url_opener([{"url": u} for u in urls])
+    if read:
+        return sum(1 for _ in group_by_keys(tar_file_expander(sources)))
+    seen = {"prefix": None, "n": 0}
+
+    def select(name: str) -> bool:  # counts samples by key, as count_samples does; keeps nothing
+        prefix, _ = base_plus_ext(name)
+        if prefix is not None and prefix != seen["prefix"]:
+            seen["prefix"] = prefix
+            seen["n"] += 1
+        return False
+
+    for _ in tar_file_expander(sources, select_files=select):
+        pass
+    return seen["n"]
+
+
+def tar_reader_rates(urls, read: bool, seconds: float) -> dict[str, tuple[float, float]]:
+    """{"ntire"|"wds": (samples/s, samples/CPU-s)}; passes alternate between the readers so that
+    both see the same machine load."""
+    readers = {"ntire": ntire_samples, "wds": wds_samples}
+    counts = {name: f(urls, read) for name, f in readers.items()}  # warm-up; also a check
+    if len(set(counts.values())) != 1:
+        raise SystemExit(f"the tar readers disagree on the sample count: {counts}")
+    totals = {name: [0, 0.0, 0.0] for name in readers}  # samples, wall, CPU
+    while min(t[1] for t in totals.values()) < seconds:
+        for name, f in readers.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            totals[name][0] += f(urls, read)
+            totals[name][1] += time.perf_counter() - wall
+            totals[name][2] += time.process_time() - cpu
+    return {name: (n / wall, n / max(cpu, 1e-9)) for name, (n, wall, cpu) in totals.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,6 +279,15 @@ def main() -> int:
             gc.collect()  # shuts the workers down before the next loader starts
             wall, cpu = rates[loader, images]
             print(f"  {loader:<24}{images:<24}{wall:10.0f}{cpu:15.0f}")
+
+        n_samples = ntire_samples(npy_urls, read=False)
+        print(f"tar readers on the .npy shards ({n_samples} samples): ntire.data.tar_reader vs "
+              "webdataset.tariterators.tar_file_expander")
+        for read, what in ((True, "every member"), (False, "no member (count)")):
+            r = tar_reader_rates(npy_urls, read, args.seconds)
+            (nw, nc), (ww, wc) = r["ntire"], r["wds"]
+            print(f"  {what:<18} ntire {nw:8.0f} samples/s, wds {ww:8.0f} samples/s: ratio "
+                  f"ntire/wds {nw / ww:5.1f}x (per CPU-second {nc / wc:5.1f}x)")
 
     naive_small = rates["naive", "sample photos (0.3 MP)"]
     naive_big = rates["naive", "DIV2K-sized (2.8 MP)"]

@@ -182,7 +182,7 @@ def run_plain(case: Case) -> dict:
 
 def _rates(case: Case, marks: list[float], started: float) -> dict:
     """Patches/s over all timed updates and in the fastest chunk, from the chunk-end times."""
-    chunks = [b - a for a, b in zip(marks, marks[1:])]
+    chunks = [b - a for a, b in zip(marks, marks[1:], strict=False)]
     return {
         "patches_per_s": case.batch * case.steps / (marks[-1] - marks[0]),
         "best_patches_per_s": case.batch * case.warmup / min(chunks),
@@ -249,7 +249,8 @@ def child_main(case: Case) -> None:
 def measure(case: Case) -> dict:
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(asdict(case))], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(asdict(case))],
+                          cwd=ROOT, env=env,
                           capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -314,7 +315,7 @@ def _cpu_name() -> str:
 
 def _load() -> str:
     try:
-        return "%.1f" % os.getloadavg()[0]
+        return f"{os.getloadavg()[0]:.1f}"
     except OSError:
         return "?"
 

@@ -6,17 +6,8 @@ import argparse
 import sys
 
 from ntire import __version__
-from ntire.commands import convert
-from ntire.commands import data
-from ntire.commands import demo
-from ntire.commands import degrade
-from ntire.commands import evaluate
-from ntire.commands import train
-from ntire.commands import tune
-from ntire.commands import upscale
-from ntire.commands import submit
-from ntire.commands import benchmark
-from ntire.errors import NtireError
+from ntire.commands import benchmark, convert, data, degrade, demo, evaluate, submit, train, tune, upscale
+from ntire.errors import NtireError, say_on_own_line
 
 # name -> module with HELP, add_arguments(parser), run(args). Keep in the order a user meets them.
 COMMANDS: dict = {
@@ -53,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except NtireError as e:
-        print(f"ntire {args.command}: error: {e}", file=sys.stderr)
+        say_on_own_line(f"ntire {args.command}: error: {e}")
         return 2
     except KeyboardInterrupt:
-        print(f"ntire {args.command}: interrupted", file=sys.stderr)
+        say_on_own_line(f"ntire {args.command}: interrupted")
         return 130
 
 

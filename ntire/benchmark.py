@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -104,12 +105,9 @@ def set_pairs(root: str | os.PathLike, set_name: str, scale: int) -> tuple[list[
 
 
 def _score(sr: np.ndarray, hr: np.ndarray, scale: int, protocol: str, name: str) -> dict[str, float]:
-    from ntire.metrics import score
+    from ntire.metrics import score_sr
 
-    h, w = sr.shape[:2]
-    if not (0 <= hr.shape[0] - h < scale and 0 <= hr.shape[1] - w < scale):
-        raise DataError(f"{name}: SR {w}x{h} does not fit HR {hr.shape[1]}x{hr.shape[0]} at x{scale}")
-    s = score(sr, hr[:h, :w], scale=scale, protocol=protocol)
+    s = score_sr(sr, hr, scale=scale, protocol=protocol, name=name)
     return {"psnr": s.psnr, "ssim": s.ssim}
 
 
@@ -165,7 +163,7 @@ def run_benchmark(
     scales: list[int],
     self_ensemble: bool,
     tile: int | None = None,
-    device: str = "cpu",
+    device: Any = "cpu",
     max_batch: int = 4,
     progress: bool = True,
 ) -> Report:
@@ -235,7 +233,8 @@ def format_markdown(report: Report) -> str:
     checkpoints = ", ".join(f"x{s}: `{c}`" for s, c in sorted(report.checkpoints.items()))
     footer = [
         "",
-        "PSNR (dB) / SSIM; " + "; ".join(notes[p] for p in protocols) + ("; + is geometric self-ensemble x8" if plus else "") + ".",
+        "PSNR (dB) / SSIM; " + "; ".join(notes[p] for p in protocols)
+        + ("; + is geometric self-ensemble x8" if plus else "") + ".",
         f"Checkpoints: {checkpoints}. Data: `{report.root}`.",
     ]
     return "\n".join(lines + footer) + "\n"

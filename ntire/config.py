@@ -18,9 +18,10 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -92,7 +93,7 @@ class ModelConfig:
             raise ConfigError(f"rgb_mean needs 3 values, got {self.rgb_mean}")
 
     @classmethod
-    def preset(cls, name: str, scales: int | tuple[int, ...] | None = None, **overrides: Any) -> "ModelConfig":
+    def preset(cls, name: str, scales: int | tuple[int, ...] | None = None, **overrides: Any) -> ModelConfig:
         """The paper's network `name` (see MODEL_PRESETS) at `scales` (default 2, MDSR 2, 3, 4)."""
         data: dict[str, Any] = {"preset": name, **overrides}
         if scales is not None:
@@ -294,6 +295,11 @@ class TrainConfig:
     """`auto`: continue from the newest complete checkpoint in `output_dir` (if any); or a
     checkpoint folder to continue from. Default: start afresh."""
 
+    archive_old_run: bool = False
+    """Starting afresh in an `output_dir` that holds an earlier run (checkpoints or an exported
+    model): move that run to `<output_dir>/archive/<date-time>/` first. Default: refuse, so that
+    no run is silently replaced (continue one with `resume: auto`)."""
+
     init_from: str | None = field(default=None, metadata=flag(metavar="CKPT"))
     """Initialise the weights from a trained model (exported folder or released file), e.g. a
     x3/x4 model from the x2 one; tensors that do not fit (the upsampler) are skipped and reported."""
@@ -399,8 +405,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin is tuple and isinstance(value, (list, tuple)):
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, where) for v in value)
-        if args and len(args) == len(value):
-            return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+        if args and len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {list(value)!r}")
+        if args:
+            return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
         return tuple(value)
     if origin is Literal:
         if value not in args:
@@ -503,7 +511,7 @@ def field_docs(cls: type) -> dict[str, str]:
         return {}
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
-    for node, after in zip(body, body[1:]):
+    for node, after in zip(body, body[1:], strict=False):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                 and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
                 and isinstance(after.value.value, str)):

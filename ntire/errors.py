@@ -1,5 +1,7 @@
 """Errors a user can act on. The CLI prints their message and exits 2, never a stack trace."""
 
+import sys
+
 
 class NtireError(Exception):
     """Base class: a problem with the user's input, files or options, described in the message."""
@@ -19,3 +21,12 @@ class CheckpointError(NtireError):
 
 class ConfigError(NtireError):
     """A configuration file or option with an unknown key or an invalid value."""
+
+
+def say_on_own_line(message: str) -> None:
+    """Print `message` to stderr after closing any unfinished progress bar, which would otherwise
+    leave the message glued to the end of its line."""
+    tqdm = sys.modules.get("tqdm")  # no bar can be open if tqdm was never imported
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+    print(message, file=sys.stderr, flush=True)

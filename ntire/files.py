@@ -5,8 +5,48 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterator
+
+TEMP_SUFFIX = ".tmp"
+"""Suffix of the temporary files `atomic_path` writes (named `.<target name>.<random>.tmp`)."""
+
+
+def is_temp_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is named as one of ntire's temporary files (`.NAME.xxxx.tmp`): debris of a
+    write that was killed, which no reader takes as input."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, targets: Iterable[str] | None = None) -> list[Path]:
+    """Delete ntire's temporary files directly inside `folder` (left by a killed writer), only
+    those for the file names in `targets` if given; return them. Call only where this process
+    owns those writes (one writer at a time)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    wanted = None if targets is None else {f".{name}." for name in targets}
+    stale = [p for p in folder.iterdir() if p.is_file() and is_temp_file(p)
+             and (wanted is None or any(p.name.startswith(w) for w in wanted))]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def default_file_mode() -> int:
+    """The mode a plain `open(path, "w")` gives a new file: 0666 minus the umask (0644 under 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def apply_default_modes(folder: str | os.PathLike) -> None:
+    """Give every file under `folder` the default mode (writers such as safetensors create 0600)."""
+    mode = default_file_mode()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
 
 
 @contextlib.contextmanager
@@ -18,15 +58,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
+        # mkstemp creates 0600, and a writer may replace the file (safetensors does): give what
+        # is there now the mode a plain open() would (0666 minus the umask).
+        os.chmod(tmp_path, default_file_mode())
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

@@ -2,7 +2,8 @@
 
 Everything in ntire works on 8-bit RGB in the 0-255 range (the paper's rgb_range 255). Inputs of
 other kinds are converted where that loses nothing a score depends on (greyscale, palette, opaque
-alpha) and refused with a message naming the file otherwise (transparency, 16-bit depth).
+alpha) and refused with a message naming the file otherwise (transparency; more than 8 bits
+per channel, grey or colour alike, since any conversion would be a guess at a tone mapping).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes to an (H, W, 3) uint8 array; `name` labels errors."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            deep = _sixteen_bit_rawmode(im)  # only visible before load(): Pillow then drops bits
             im.load()
+            if deep:
+                raise ImageError(_too_deep(name, f"{deep} (16 bits per channel)"))
             return _to_rgb_array(im, name)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ImageError(f"{name}: cannot decode image ({e})") from None
@@ -45,13 +49,29 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return decode_image(data, str(path))
 
 
+def _sixteen_bit_rawmode(im: Image.Image) -> str | None:
+    """The raw mode of a 16-bit colour image (e.g. `RGB;16B`), which Pillow opens as 8-bit `RGB`
+    and silently truncates; None for anything else."""
+    for tile in getattr(im, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        raw = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(raw, str) and ";16" in raw:
+            return raw
+    return None
+
+
+def _too_deep(name: str, what: str) -> str:
+    # One rule for grey and colour alike: refuse rather than guess a tone mapping.
+    return (
+        f"{name}: {what} image with more than 8 bits per channel; ntire trains and scores 8-bit RGB, "
+        "convert it first (scale to 0-255 and save as 8-bit PNG, e.g. `convert IN.png -depth 8 OUT.png`)"
+    )
+
+
 def _to_rgb_array(im: Image.Image, name: str) -> np.ndarray:
     mode = im.mode
     if mode in _SIXTEEN_BIT_MODES or (mode.startswith("I;16")) or mode in ("RGB;16", "RGBA;16"):
-        raise ImageError(
-            f"{name}: {mode} image with more than 8 bits per channel; ntire trains and scores "
-            "8-bit RGB, convert it first (e.g. scale to 0-255 and save as 8-bit PNG)"
-        )
+        raise ImageError(_too_deep(name, mode))
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         rgba = np.asarray(im.convert("RGBA"))
         if (rgba[..., 3] != 255).any():

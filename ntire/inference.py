@@ -15,8 +15,8 @@ with its scale bound, e.g. `lambda t: model(t, scale)`), and run everything on t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -208,14 +208,16 @@ def _sr_stems(hr_stem: str, scale: int) -> tuple[str, ...]:
 
 
 def match_sr_to_hr(
-    sr_dir: str | os.PathLike, hr_dir: str | os.PathLike, scale: int
-) -> list[tuple[Path, Path]]:
-    """Pair every HR image in `hr_dir` with its SR image in `sr_dir`, as (sr_path, hr_path).
+    sr_dir: str | os.PathLike, hr_dir: str | os.PathLike, scale: int, *, ignore_unmatched: bool = False
+) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """Pair every HR image in `hr_dir` with its SR image in `sr_dir`: ((sr_path, hr_path) pairs,
+    SR files that match no HR file).
 
     An SR file matches HR `0801.png` if its stem is `0801`, `0801x{scale}` or `0801_x{scale}_SR`
-    (any image suffix). SR files that match no HR file are ignored. Raises DataError if a folder
-    is missing or `hr_dir` holds no images, if an HR image has no SR file (naming the file it
-    looked for), or if a match is ambiguous (naming the candidates).
+    (any image suffix). Raises DataError if a folder is missing or `hr_dir` holds no images, if an
+    HR image has no SR file (naming the file it looked for), if a match is ambiguous (naming the
+    candidates), or if an SR file has no HR partner, unless `ignore_unmatched` (a score over fewer
+    images than were made would otherwise pass unnoticed).
     """
     sr_dir, hr_dir = Path(sr_dir), Path(hr_dir)
     for name, folder in (("SR", sr_dir), ("HR", hr_dir)):
@@ -250,7 +252,14 @@ def match_sr_to_hr(
             )
         claimed[sr_path] = hr_path
         pairs.append((sr_path, hr_path))
-    return pairs
+    unmatched = sorted(p for paths in by_stem.values() for p in paths if p not in claimed)
+    if unmatched and not ignore_unmatched:
+        names = ", ".join(p.name for p in unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
+        raise DataError(
+            f"{sr_dir}: {len(unmatched)} SR image(s) without an HR partner in {hr_dir}: {names} "
+            "(--ignore-unmatched scores the matched ones and counts the rest)"
+        )
+    return pairs, unmatched
 
 
 def evaluate_folders(
@@ -260,11 +269,14 @@ def evaluate_folders(
     scale: int,
     protocol: str,
     progress: bool = False,
+    ignore_unmatched: bool = False,
 ) -> dict:
     """Score every HR image in `hr_dir` against its SR image in `sr_dir` (see match_sr_to_hr).
 
-    Returns `{"per_image": {hr_stem: {"psnr": f, "ssim": f}}, "mean": {"psnr": f, "ssim": f}}`,
-    per_image in HR file-name order, means the arithmetic mean over images.
+    Returns `{"per_image": {hr_stem: {"psnr": f, "ssim": f}}, "mean": {"psnr": f, "ssim": f},
+    "unmatched_sr": [file names]}`, per_image in HR file-name order, means the arithmetic mean
+    over images; `unmatched_sr` is empty unless `ignore_unmatched` let SR files without an HR
+    partner through.
 
     Sizes: the SR image must equal the HR size, or be smaller by less than `scale` in each
     dimension - SR is `scale` times the LR size, and LR was made from HR cropped to a multiple of
@@ -273,7 +285,7 @@ def evaluate_folders(
     naming the SR file and both sizes. `progress` shows a progress bar on stderr.
     """
     shave_for(scale, protocol)  # bad options fail before any file is read
-    pairs = match_sr_to_hr(sr_dir, hr_dir, scale)
+    pairs, unmatched = match_sr_to_hr(sr_dir, hr_dir, scale, ignore_unmatched=ignore_unmatched)
     per_image: dict[str, dict[str, float]] = {}
     for sr_path, hr_path in tqdm(
         pairs, desc="evaluate", unit="image", leave=False, disable=not progress
@@ -286,7 +298,7 @@ def evaluate_folders(
         "psnr": sum(v["psnr"] for v in per_image.values()) / n,
         "ssim": sum(v["ssim"] for v in per_image.values()) / n,
     }
-    return {"per_image": per_image, "mean": mean}
+    return {"per_image": per_image, "mean": mean, "unmatched_sr": [p.name for p in unmatched]}
 
 
 def score_sr(sr: np.ndarray, hr: np.ndarray, *, scale: int, protocol: str, name: str = "SR image",

@@ -35,8 +35,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="override any config field with a YAML value, e.g. --set data.valid_tile=null (repeatable)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    add_config_arguments(p, TrainConfig)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per leaf field of the config dataclass `cls`, in a group per section."""
+    p = parser
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for option in options(TrainConfig):
+    for option in options(cls):
         section = option.path.rpartition(".")[0] or "run"
         if section not in groups:
             groups[section] = p.add_argument_group(f"{section} options" if section != "run" else "run options")
@@ -89,10 +95,10 @@ def _typed(kind: type, flag: str) -> Any:
     return parse
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+def overrides_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> dict[str, Any]:
     """The config fields given as flags, as a nested mapping (`{"data": {"batch_size": 8}}`)."""
     out: dict[str, Any] = {}
-    for option in options(TrainConfig):
+    for option in options(cls):
         value = getattr(args, option.path, None)
         if value is None:
             continue
@@ -158,6 +164,7 @@ def resolve_device(name: str | None, option: str = "--device") -> Any:
 
 
 __all__ = [
+    "add_config_arguments",
     "add_device_argument",
     "add_train_arguments",
     "config_from_args",

@@ -22,7 +22,7 @@ if __name__ == "__main__":
 
 import argparse
 
-from ntire.errors import NtireError
+from ntire.errors import NtireError, say_on_own_line
 
 HELP = "train an EDSR or MDSR network (paper recipe; ready-made setups in ntire/configs/)"
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except NtireError as e:
-        print(f"\nntire train: error: {e}", file=sys.stderr)
+        say_on_own_line(f"ntire train: error: {e}")
         return 2
 
 

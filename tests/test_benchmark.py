@@ -16,12 +16,12 @@ from ntire.benchmark import (
     run_benchmark,
     write_report,
 )
-from ntire.models.checkpoint import load_model, save_model
 from ntire.config import ModelConfig
 from ntire.data.degrade import bicubic_downscale, bicubic_upscale
 from ntire.images import image_to_tensor, read_image, tensor_to_image, write_png
 from ntire.metrics import score
 from ntire.models.build import build_model
+from ntire.models.checkpoint import load_model, save_model
 
 
 def _photo(h: int, w: int, top: int) -> np.ndarray:
@@ -38,7 +38,8 @@ def root(tmp_path_factory) -> Path:
         hr = _photo(h, w, 60 * i)
         write_png(root / "benchmark" / "Tiny" / "HR" / f"img{i}.png", hr)
         for s in (2, 3):
-            write_png(root / "benchmark" / "Tiny" / "LR_bicubic" / f"X{s}" / f"img{i}x{s}.png", bicubic_downscale(hr, s))
+            lr_dir = root / "benchmark" / "Tiny" / "LR_bicubic" / f"X{s}"
+            write_png(lr_dir / f"img{i}x{s}.png", bicubic_downscale(hr, s))
     hr = _photo(48, 48, 200)
     write_png(root / "DIV2K" / "DIV2K_valid_HR" / "0801.png", hr)
     for s in (2, 3):
@@ -64,7 +65,7 @@ def _expected(root: Path, set_name: str, scale: int, upscale) -> tuple[float, fl
         lrs = [root / "benchmark" / set_name / "LR_bicubic" / f"X{scale}" / f"{p.stem}x{scale}.png" for p in hrs]
         protocol = "benchmark"
     psnrs, ssims = [], []
-    for hr_path, lr_path in zip(hrs, lrs):
+    for hr_path, lr_path in zip(hrs, lrs, strict=True):
         sr = upscale(read_image(lr_path))
         hr = read_image(hr_path)[: sr.shape[0], : sr.shape[1]]
         s = score(sr, hr, scale=scale, protocol=protocol)

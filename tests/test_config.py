@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ntire.options import add_train_arguments as add_arguments
-from ntire.config import ModelConfig
-from ntire.errors import ConfigError
 from ntire.config import (
     CONFIG_DIR,
+    ModelConfig,
     TrainConfig,
     build_config,
     config_to_yaml,
@@ -22,6 +20,8 @@ from ntire.config import (
     parse_set,
     run_name,
 )
+from ntire.errors import ConfigError
+from ntire.options import add_train_arguments as add_arguments
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
 REPO = Path(__file__).resolve().parents[1]
@@ -145,7 +145,8 @@ def test_run_name_encodes_the_setup():
     assert run_name(config) == "EDSR_x2_f64b16_bicubic_sample_3k"
     mdsr = build_config("mdsr", {"max_steps": 1500, "data": {"track": "unknown"}})
     assert run_name(mdsr) == "MDSR_x234_f64b80_unknown_DIV2K_1.5k"
-    urls = dataclasses.replace(config, data=dataclasses.replace(config.data, source="/s/div2k/shard-{000000..000009}.tar"))
+    shards = "/s/div2k/shard-{000000..000009}.tar"
+    urls = dataclasses.replace(config, data=dataclasses.replace(config.data, source=shards))
     assert "_div2k_" in run_name(urls)
     named = build_config(None, {"tracking": {"run_name": "mine"}})
     assert run_name(named) == "mine"

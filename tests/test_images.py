@@ -42,6 +42,33 @@ def test_sixteen_bit_refused_naming_file(tmp_path):
         read_image(tmp_path / "deep.png")
 
 
+def png_16bit(image: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG written by hand: Pillow cannot write 16-bit colour PNGs."""
+    import struct
+    import zlib
+
+    h = image.shape[0]
+    raw = b"".join(b"\x00" + image[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", image.shape[1], h, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("channels, color_type", [(3, 2), (4, 6)])
+def test_sixteen_bit_colour_is_refused_like_grey(tmp_path, channels, color_type):
+    # Pillow opens these as 8-bit RGB(A), silently dropping the low byte.
+    (tmp_path / "deep.png").write_bytes(png_16bit(np.full((4, 5, channels), 40000, np.uint16), color_type))
+    with pytest.raises(ImageError, match=r"deep.png: RGBA?;16B \(16 bits per channel\).*8 bits.*convert"):
+        read_image(tmp_path / "deep.png")
+    grey = tmp_path / "grey.png"
+    grey.write_bytes(png_16bit(np.full((4, 5), 40000, np.uint16), 0))
+    with pytest.raises(ImageError, match="grey.png.*8 bits.*convert"):
+        read_image(grey)
+
+
 def test_garbage_and_missing_files_name_the_file(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ImageError, match="bad.png"):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -241,7 +239,8 @@ def test_tiled_self_ensemble_equals_whole_image_self_ensemble():
     )
     assert (tiled - whole).abs().max().item() < 1e-3
     assert max(counting) <= 4
-    assert len(counting) == tile_layout(14, 19, 6, StandInSR.RADIUS)[0] * 2  # one tile per call, 8 variants in 2 batches
+    # One tile per call, its 8 variants in 2 batches.
+    assert len(counting) == tile_layout(14, 19, 6, StandInSR.RADIUS)[0] * 2
 
 
 class _CallableModule(nn.Module):

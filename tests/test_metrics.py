@@ -239,7 +239,7 @@ def pair_dirs(tmp_path, rng):
     """HR 0801-0803 (40x44) and SR images under the three naming forms, offsets 2, 4, 8."""
     hr_dir, sr_dir = tmp_path / "hr", tmp_path / "sr"
     names = ["0801.png", "0802x2.png", "0803_x2_SR.png"]
-    for i, (sr_name, d) in enumerate(zip(names, (2, 4, 8))):
+    for i, (sr_name, d) in enumerate(zip(names, (2, 4, 8), strict=True)):
         hr = rng.integers(20, 200, (40, 44, 3), dtype=np.uint8)
         _save(hr_dir / f"080{i + 1}.png", hr)
         _save(sr_dir / sr_name, hr + np.uint8(d))
@@ -248,13 +248,31 @@ def pair_dirs(tmp_path, rng):
 
 def test_match_accepts_three_naming_forms(pair_dirs):
     sr_dir, hr_dir = pair_dirs
-    _save(sr_dir / "0804x3.png", np.zeros((8, 8, 3), np.uint8))  # matches no HR: ignored
-    pairs = match_sr_to_hr(sr_dir, hr_dir, 2)
+    pairs, unmatched = match_sr_to_hr(sr_dir, hr_dir, 2)
     assert [(s.name, h.name) for s, h in pairs] == [
         ("0801.png", "0801.png"),
         ("0802x2.png", "0802.png"),
         ("0803_x2_SR.png", "0803.png"),
     ]
+    assert unmatched == []
+
+
+def test_an_sr_image_without_an_hr_partner_is_an_error_unless_ignored(pair_dirs):
+    sr_dir, hr_dir = pair_dirs
+    _save(sr_dir / "0804x3.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match=r"1 SR image\(s\) without an HR partner.*0804x3\.png.*--ignore-unmatched"):
+        match_sr_to_hr(sr_dir, hr_dir, 2)
+    pairs, unmatched = match_sr_to_hr(sr_dir, hr_dir, 2, ignore_unmatched=True)
+    assert len(pairs) == 3 and [p.name for p in unmatched] == ["0804x3.png"]
+    result = evaluate_folders(sr_dir, hr_dir, scale=2, protocol="div2k", ignore_unmatched=True)
+    assert result["unmatched_sr"] == ["0804x3.png"] and len(result["per_image"]) == 3
+
+
+def test_temp_files_of_a_killed_writer_are_not_images(pair_dirs):
+    sr_dir, hr_dir = pair_dirs
+    (sr_dir / ".0804x2.png.k3j2_x.tmp").write_bytes(b"")  # what atomic_path leaves on SIGKILL
+    pairs, unmatched = match_sr_to_hr(sr_dir, hr_dir, 2)
+    assert len(pairs) == 3 and unmatched == []
 
 
 def test_match_missing_sr_names_the_file(pair_dirs):
@@ -287,7 +305,7 @@ def test_match_missing_folder_and_empty_hr(tmp_path):
 def test_evaluate_folders_values_and_mean(pair_dirs):
     sr_dir, hr_dir = pair_dirs
     result = evaluate_folders(sr_dir, hr_dir, scale=2, protocol="div2k")
-    assert list(result) == ["per_image", "mean"]
+    assert list(result) == ["per_image", "mean", "unmatched_sr"]
     assert list(result["per_image"]) == ["0801", "0802", "0803"]
     expected = [20 * math.log10(255 / d) for d in (2, 4, 8)]
     got = [v["psnr"] for v in result["per_image"].values()]

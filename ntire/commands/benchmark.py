@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ntire.options import add_device_argument, positive_int
+
 HELP = "score a checkpoint on Set5/Set14/B100/Urban100/DIV2K like the paper's Table 3"
 
 DEFAULT_ROOT = "data/sample"
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="CKPT",
         help="checkpoint folder(s) or released .pt file(s); single-scale EDSRs together cover several "
-        "scales (default: the bicubic-track models of --manifest, trained first if missing)",
+        "scales (default: the bicubic-track models of --manifest; `make sample-models` trains the sample's)",
     )
     parser.add_argument(
         "--manifest",
@@ -49,34 +51,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sets to score, e.g. Set5 Set14 B100 Urban100 DIV2K (default: every set under --root)",
     )
     parser.add_argument(
-        "--scales", nargs="+", type=int, choices=(2, 3, 4), default=None, help="default: every scale the checkpoints serve"
+        "--scales", nargs="+", type=int, choices=(2, 3, 4), default=None,
+        help="default: every scale the checkpoints serve"
     )
     parser.add_argument(
-        "--self-ensemble", action="store_true", help="also score the model with geometric self-ensemble (the '+' column)"
+        "--self-ensemble", action="store_true",
+        help="also score the model with geometric self-ensemble (the '+' column)"
     )
-    parser.add_argument("--tile", type=int, default=None, metavar="T", help="run in tiles of T LR pixels (same scores)")
-    parser.add_argument("--max-batch", type=int, default=4, metavar="N", help="tiles per forward pass (default 4)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--tile", type=positive_int, default=None, metavar="T",
+                        help="run in tiles of T LR pixels (same scores)")
+    parser.add_argument("--max-batch", type=positive_int, default=4, metavar="N",
+                        help="tiles per forward pass (default 4)")
+    add_device_argument(parser)
     parser.add_argument("--out", default=None, metavar="DIR", help="report folder (default runs/benchmark/<model>)")
     parser.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not log to MLflow")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ntire.benchmark import available_sets, format_markdown, run_benchmark, write_report
-    from ntire.models.checkpoint import load_model
     from ntire.errors import ConfigError
+    from ntire.models.checkpoint import load_model
+    from ntire.options import resolve_device
 
-    if args.tile is not None and args.tile < 1:
-        raise ConfigError(f"--tile must be positive, got {args.tile}")
-    if args.max_batch < 1:
-        raise ConfigError(f"--max-batch must be positive, got {args.max_batch}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    device = resolve_device(args.device)
 
     root = _root(args.root)
     # scale -> checkpoint: from the given files (each serves its config's scales), else the manifest.
@@ -89,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"x{s} is served by both {by_scale[s]} and {path}; give one checkpoint per scale")
             by_scale[s] = path
     if not args.checkpoint:
-        by_scale = _manifest_checkpoints(args.manifest, root, args.progress)
+        from ntire.submission.manifest import manifest_checkpoints
+
+        by_scale = manifest_checkpoints(args.manifest, "bicubic")
     models: dict[int, tuple] = {}
     for s, path in by_scale.items():
         if path not in loaded:
@@ -139,41 +141,19 @@ def _root(root: str | None) -> Path:
     return path
 
 
-def _manifest_checkpoints(manifest: str | None, root: Path, progress: bool) -> dict[int, Path]:
-    """Scale -> checkpoint of a manifest's bicubic track (fallbacks trained if needed)."""
-    from ntire.submission import default_manifest, ensure_checkpoint, load_manifest
-
-    plan = load_manifest(manifest or default_manifest()).track("bicubic")
-    return {s: ensure_checkpoint(e, root, "bicubic", progress=progress) for e in plan.models for s in e.scales}
-
-
 def _log(report, out: Path, args: argparse.Namespace) -> None:
     from ntire.benchmark import report_metrics
-
-    def say(message: str) -> None:
-        print(f"ntire benchmark: {message}", file=sys.stderr)
-
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:
-        say("MLflow is not installed (pip install 'ntire[track]'): results not logged")
-        return
-    from ntire.training.tracking import start_tracking
-    from ntire.config import TrackingConfig
+    from ntire.training.tracking import log_report
 
     params = {"root": report.root, "sets": ",".join(dict.fromkeys(r.set_name for r in report.rows))}
     params.update({f"x{s}_checkpoint": c for s, c in report.checkpoints.items()})
     params["self_ensemble"] = args.self_ensemble
-    tracker = start_tracking(
-        TrackingConfig(uri=args.tracking_uri, experiment="ntire-benchmarks"),
+    log_report(
+        experiment="ntire-benchmarks",
         run_name=f"benchmark-{report.model_name.replace(' / ', '+')}",
-        output_dir="runs",
         params=params,
-        say=say,
+        metrics=report_metrics(report),
+        report_dir=out,
+        uri=args.tracking_uri,
+        say=lambda message: print(f"ntire benchmark: {message}", file=sys.stderr),
     )
-    if not tracker.active:
-        return
-    tracker.log_metrics(report_metrics(report), step=0)
-    tracker.log_artifacts(out, "report")
-    tracker.finish()
-    say(f"logged to MLflow run {tracker.run_id} at {tracker.uri}")

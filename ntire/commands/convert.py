@@ -18,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ntire.models.checkpoint import WEIGHTS_NAME, load_model, save_model
     from ntire.errors import CheckpointError
     from ntire.models.build import count_parameters, receptive_field_radius
+    from ntire.models.checkpoint import WEIGHTS_NAME, load_model, save_model
     from ntire.models.official import load_released
 
     if (args.dst / WEIGHTS_NAME).exists() and not args.force:

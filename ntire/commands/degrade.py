@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ntire.options import positive_int
+
 HELP = "make LR images from HR: MATLAB bicubic (track 1) or the unknown-track stand-in (track 2)"
 
 _TRACKS = ("bicubic", "unknown")  # ntire.data.degrade.TRACKS; repeated to keep numpy out of --help
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "decimation stand-in (the real operator is unpublished; use DIV2K's LR_unknown to train)",
     )
     parser.add_argument(
-        "--scale", required=True, type=int, metavar="S", help="downscaling factor, e.g. 2, 3 or 4"
+        "--scale", required=True, type=positive_int, metavar="S", help="downscaling factor, e.g. 2, 3 or 4"
     )
     parser.add_argument("src", type=Path, metavar="SRC", help="HR image file or folder of images")
     parser.add_argument("dst", type=Path, metavar="DST", help="output .png file or folder")
@@ -38,8 +40,6 @@ def run(args: argparse.Namespace) -> int:
     from ntire.errors import ConfigError, NtireError
     from ntire.images import read_image, write_png
 
-    if args.scale < 1:
-        raise ConfigError(f"--scale must be a positive integer, got {args.scale}")
     if args.track == "unknown" and args.scale not in UNKNOWN_BLUR:
         known = ", ".join(str(s) for s in sorted(UNKNOWN_BLUR))
         raise ConfigError(f"--scale {args.scale}: the unknown-track stand-in is defined for scales {known}")

@@ -25,11 +25,11 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from ntire.config import config_to_yaml
     from ntire.data.sample import build_sample_dataset, is_complete
-    from ntire.training.tracking import default_tracking_uri
     from ntire.options import config_from_args
     from ntire.training.fit import fit
-    from ntire.config import config_to_yaml
+    from ntire.training.tracking import default_tracking_uri
 
     config = config_from_args(args)
     if args.print_config:
@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     beaten = True
     for scale_result in result.validation.scales.values():
-        print(f"x{scale_result.scale} valid PSNR {scale_result.psnr:.2f} dB (bicubic {scale_result.bicubic_psnr:.2f} dB)")
+        s = scale_result
+        print(f"x{s.scale} valid PSNR {s.psnr:.2f} dB (bicubic {s.bicubic_psnr:.2f} dB)")
         beaten &= scale_result.psnr > scale_result.bicubic_psnr
     print(f"model: {result.model_dir}  (use it: ntire upscale --checkpoint {result.model_dir} --scale 2 LR.png SR.png)")
     if result.tracking_run_id is not None:

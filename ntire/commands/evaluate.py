@@ -5,18 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+
+from ntire.options import positive_int
 
 HELP = "score SR images against HR images (PSNR/SSIM, benchmark or DIV2K protocol)"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or EDSR-PyTorch's results (0801_x2_SR.png)",
     )
     parser.add_argument("--hr", required=True, metavar="DIR", help="folder of HR images")
-    parser.add_argument("--scale", required=True, type=_positive_int, metavar="S")
+    parser.add_argument("--scale", required=True, type=positive_int, metavar="S")
     parser.add_argument(
         "--protocol",
         required=True,
@@ -38,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--json", metavar="FILE", help="also write per-image and mean scores to FILE as JSON"
+    )
+    parser.add_argument(
+        "--ignore-unmatched",
+        action="store_true",
+        help="score the SR images that have an HR partner and count the others (default: an error)",
     )
 
 
@@ -65,9 +63,15 @@ def run(args: argparse.Namespace) -> int:
     from ntire.metrics import evaluate_folders
 
     result = evaluate_folders(
-        args.sr, args.hr, scale=args.scale, protocol=args.protocol, progress=True
+        args.sr, args.hr, scale=args.scale, protocol=args.protocol, progress=True,
+        ignore_unmatched=args.ignore_unmatched,
     )
     print(format_table(result))
+    unmatched = result["unmatched_sr"]
+    if unmatched:
+        shown = ", ".join(unmatched[:5]) + (", ..." if len(unmatched) > 5 else "")
+        print(f"ntire evaluate: warning: {len(unmatched)} SR image(s) without an HR partner not scored: {shown}",
+              file=sys.stderr)
     if args.json:
         # A perfect reconstruction scores PSNR inf, written as `Infinity` (Python's json reads
         # it back; strict parsers do not), rather than silently replaced by a made-up cap.

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ntire.train import HELP, run
 from ntire.options import add_train_arguments
+from ntire.train import HELP, run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

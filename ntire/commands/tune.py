@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="GPUs per trial (per worker with --workers-per-trial > 1); default 0")
     p.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
                    help="training processes per trial; more than 1 runs a Ray Train TorchTrainer per trial")
-    p.add_argument("--max-concurrent", type=int, metavar="N", help="trials running at once (default: as resources allow)")
+    p.add_argument("--max-concurrent", type=int, metavar="N",
+                   help="trials running at once (default: as resources allow)")
     p.add_argument("--max-failures", type=int, default=2, metavar="N",
                    help="retries of a crashed trial from its last checkpoint (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random search (default 0)")
@@ -55,22 +56,24 @@ def run(args: argparse.Namespace) -> int:
     from ntire.errors import ConfigError
 
     try:
-        from ntire import tune
+        from ntire.tune.space import load_space
+        from ntire.tune.sweep import SweepOptions, resume_sweep, run_sweep
+        from ntire.tune.trial import METRIC
     except ImportError as e:
         raise ConfigError(f"ntire tune needs Ray Tune ({e}); install it with: pip install 'ntire[tune]'") from None
 
     started = time.perf_counter()
     if args.resume:
-        result = tune.resume_sweep(args.output_dir, address=args.address)
+        result = resume_sweep(args.output_dir, address=args.address)
     else:
         from ntire.commands.demo import SAMPLE_DIR
-        from ntire.data.sample import build_sample_dataset, is_complete
         from ntire.config import build_config, parse_set
+        from ntire.data.sample import build_sample_dataset, is_complete
 
         if args.space is None:
             raise ConfigError("--space is required (a search space file or a shipped name: tiny, paper)")
         config = build_config(args.config, parse_set(args.set))
-        space = tune.load_space(args.space, config)
+        space = load_space(args.space, config)
         if Path(config.data.source) == Path(SAMPLE_DIR) and not is_complete(config.data.source):
             print(f"building the sample dataset in {config.data.source} ...", flush=True)
             build_sample_dataset(config.data.source)
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if args.address and config.tracking.enabled and uri.startswith("sqlite"):
             print("ntire tune: note: a SQLite tracking store is only seen by trials on this machine; "
                   "use an MLflow server (tracking/README.md) on a multi-node cluster", file=sys.stderr)
-        options = tune.SweepOptions(
+        options = SweepOptions(
             num_samples=args.num_samples,
             scheduler=args.scheduler,
             cpus_per_trial=args.cpus_per_trial,
@@ -90,13 +93,13 @@ def run(args: argparse.Namespace) -> int:
             storage=args.storage,
             verbose=0 if args.quiet else 1,
         )
-        result = tune.run_sweep(config, space, options, output_dir=args.output_dir, address=args.address)
+        result = run_sweep(config, space, options, output_dir=args.output_dir, address=args.address)
 
     minutes = (time.perf_counter() - started) / 60
     print(f"\nsweep: {result.trials} trial(s) ended ({result.errors} failed) in {minutes:.1f} min")
     if result.best_path is not None:
         m = result.best_metrics
-        print(f"best trial {result.best_trial_id}: {tune.METRIC} {m.get(tune.METRIC, float('nan')):.3f} dB "
+        print(f"best trial {result.best_trial_id}: {METRIC} {m.get(METRIC, float('nan')):.3f} dB "
               f"at step {m.get('step')}")
         print(f"best config: {result.best_path}  (train it: ntire train --config {result.best_path})")
     if result.tracking_uri:

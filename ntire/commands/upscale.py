@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ntire.options import add_device_argument, positive_int
+
 HELP = "super-resolve an image or a folder of images with a trained or released checkpoint"
 
 
@@ -23,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="checkpoint folder or .safetensors (with its config), or a released EDSR/MDSR .pt",
     )
-    parser.add_argument("--scale", required=True, type=int, help="upscaling factor; the model must support it")
+    parser.add_argument("--scale", required=True, type=positive_int, help="upscaling factor; the model must support it")
     parser.add_argument(
         "--self-ensemble",
         action="store_true",
@@ -31,21 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tile",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="T",
         help="run in T x T LR-pixel tiles (e.g. 128) to bound memory; the output is identical",
     )
     parser.add_argument(
         "--max-batch",
-        type=int,
+        type=positive_int,
         default=4,
         metavar="N",
         help="most images (tiles or ensemble variants) per forward pass (default 4)",
     )
-    parser.add_argument(
-        "--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)"
-    )
+    add_device_argument(parser)
     parser.add_argument("src", type=Path, metavar="SRC", help="LR image file or folder of images")
     parser.add_argument("dst", type=Path, metavar="DST", help="output .png file or folder")
 
@@ -54,17 +54,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ntire.models.checkpoint import load_model
     from ntire.errors import ConfigError
+    from ntire.files import remove_stale_temp_files
     from ntire.images import read_image, write_png
     from ntire.inference import upscale_image
+    from ntire.models.checkpoint import load_model
+    from ntire.options import resolve_device
 
-    if args.tile is not None and args.tile < 1:
-        raise ConfigError(f"--tile must be a positive number of LR pixels, got {args.tile}")
-    if args.max_batch < 1:
-        raise ConfigError(f"--max-batch must be at least 1, got {args.max_batch}")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     jobs = _plan(args.src, args.dst)
+    for folder in {dst.parent for _, dst in jobs}:  # debris of a killed earlier run
+        remove_stale_temp_files(folder, [dst.name for _, dst in jobs if dst.parent == folder])
 
     model, config = load_model(args.checkpoint, map_location="cpu")
     if args.scale not in config.scales:
@@ -96,22 +96,6 @@ def run(args: argparse.Namespace) -> int:
     where = jobs[0][1] if len(jobs) == 1 else args.dst
     print(f"upscaled {len(jobs)} image(s) x{args.scale} with {config.name} -> {where}")
     return 0
-
-
-def _device(name: str | None):
-    import torch
-
-    from ntire.errors import ConfigError
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"--device {name}: not a torch device ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def _plan(src: Path, dst: Path) -> list[tuple[Path, Path]]:

@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from ntire.images import encode_png, read_image
 ENCODINGS = ("npy", "png")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ntire-shards/1"
+VERIFIED_NAME = ".verified.json"
+"""Beside the manifest: the size and time at which each shard last matched its sha256, so a reused
+cache is hashed again only where a file changed (kept apart so manifest.json stays reproducible)."""
 SHARD_PATTERN = "shard-{:06d}.tar"
 DEFAULT_SHARD_MAX_BYTES = 256 * 2**20
 """256 MiB: DIV2K x2-x4 sub-images make ~100 shards, enough to give every worker of a multi-node
@@ -71,7 +74,7 @@ class ShardInfo:
 
 
 @dataclass
-class Manifest:
+class ShardManifest:
     """What a shard folder holds; written as manifest.json beside the shards."""
 
     track: str
@@ -98,8 +101,16 @@ class Manifest:
     plan_sha256: str
     """Fingerprint of the planned samples (names, sizes, crops) and the options above."""
 
+
     total_samples: int
     """Samples in the finished dataset."""
+
+    source_sha256: str = ""
+    """Fingerprint of the source files (paths, sizes, modification times): a cache built from
+    files that have since been added, removed or changed no longer matches and is rebuilt."""
+
+    source_files: int = 0
+    """Number of source files (HR and LR) the shards were made from."""
 
     shards: list[ShardInfo] = field(default_factory=list)
     """Finished shards, in order."""
@@ -131,7 +142,7 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "Manifest":
+    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "ShardManifest":
         try:
             d = dict(d)
             d["scales"] = tuple(d["scales"])
@@ -145,7 +156,7 @@ class Manifest:
             raise DataError(f"{source}: malformed shard manifest ({e})") from None
 
 
-def read_manifest(path: str | os.PathLike) -> Manifest:
+def read_manifest(path: str | os.PathLike) -> ShardManifest:
     """Read a manifest file, or the manifest.json inside a shard folder."""
     path = Path(path)
     if path.is_dir():
@@ -156,7 +167,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         raise DataError(f"{path}: shard manifest not found") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable shard manifest ({e})") from None
-    return Manifest.from_dict(data, str(path))
+    return ShardManifest.from_dict(data, str(path))
 
 
 @dataclass(frozen=True)
@@ -228,6 +239,21 @@ def _fingerprint(options: dict[str, Any], pairs: list[ImagePair], plan: list[_Pl
         "plan": [dataclasses.astuple(p) for p in plan],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def source_files(pairs: list[ImagePair]) -> list[Path]:
+    """Every file the shards of `pairs` are made from (HR, then LR by scale)."""
+    return [p for pair in pairs for p in [pair.hr, *(pair.lr[s] for s in sorted(pair.lr))] if p is not None]
+
+
+def source_fingerprint(pairs: list[ImagePair]) -> str:
+    """SHA-256 over the source files' paths, sizes and modification times: cheap (no reading),
+    and changed by an added, removed, replaced or re-saved file."""
+    rows = []
+    for path in source_files(pairs):
+        st = path.stat()
+        rows.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
 def _encode(image: np.ndarray, encoding: str) -> bytes:
@@ -375,8 +401,10 @@ def write_shards(
     encoding: str = "npy",
     mix: int = 16,
     resume: bool = True,
+    replace_stale: bool = False,
     progress: bool = True,
-) -> Manifest:
+    say: Callable[[str], None] = print,
+) -> ShardManifest:
     """Write `pairs` as WebDataset shards `out_dir/shard-NNNNNN.tar` plus `out_dir/manifest.json`.
 
     Args:
@@ -392,11 +420,15 @@ def write_shards(
         encoding: "npy" (raw uint8, fast to decode; default) or "png" (about half the bytes).
         mix: shuffle the samples of this many consecutive images together (seeded).
         resume: keep finished shards recorded in an existing manifest for the same input and
-            options; with False, start over.
+            options (checked: a shard whose size or time changed must match its sha256, and is
+            rewritten otherwise); with False, start over.
+        replace_stale: a folder holding shards of other source files or options (a cache whose
+            data changed) is rebuilt, saying why, rather than refused.
         progress: show a tqdm progress bar.
+        say: where the reasons for rebuilding go.
 
-    Returns the final Manifest. Raises DataError for bad input or a folder holding shards of
-    other input (with resume=True).
+    Returns the final ShardManifest. Raises DataError for bad input or, unless `replace_stale`, a
+    folder holding shards of other input (with resume=True).
     """
     from tqdm import tqdm
 
@@ -425,24 +457,34 @@ def write_shards(
     options = dict(track=track, scales=list(scales), encoding=encoding, subimage=subimage,
                    step=step, shard_max_bytes=int(shard_max_bytes), mix=mix)
     fingerprint = _fingerprint(options, pairs, plan)
-    manifest = Manifest(track=track, scales=scales, encoding=encoding, subimage=subimage, step=step,
-                        shard_max_bytes=int(shard_max_bytes), mix=mix, plan_sha256=fingerprint,
-                        total_samples=len(plan))
+    manifest = ShardManifest(track=track, scales=scales, encoding=encoding, subimage=subimage,
+                             step=step, shard_max_bytes=int(shard_max_bytes), mix=mix,
+                             plan_sha256=fingerprint, total_samples=len(plan),
+                             source_sha256=source_fingerprint(pairs), source_files=len(source_files(pairs)))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".shard-*.tmp"):  # left by a killed run; never a finished shard
         stale.unlink()
     manifest_path = out_dir / MANIFEST_NAME
     if manifest_path.exists():
-        old = read_manifest(manifest_path)
-        if resume and old.plan_sha256 != fingerprint:
+        try:
+            old: ShardManifest | None = read_manifest(manifest_path)
+        except DataError as e:
+            if not replace_stale:
+                raise
+            say(f"{e}; rebuilding the shard cache")
+            old = None
+        stale = old is not None and _stale_reason(old, manifest)
+        if resume and stale and not replace_stale:
             raise DataError(
-                f"{out_dir}: holds shards of other input or options; choose another folder or "
-                "start over (resume=False / --overwrite)"
+                f"{out_dir}: holds shards of other input or options ({stale}); choose another folder "
+                "or start over (resume=False / --overwrite)"
             )
-        if resume:
-            manifest.shards = _still_valid(out_dir, old.shards)
-        else:
+        if stale:
+            say(f"{out_dir}: {stale}; rebuilding the shard cache")
+        if resume and old is not None and not stale:
+            manifest.shards = _still_valid(out_dir, old.shards, say)
+        elif old is not None:
             for s in old.shards:
                 (out_dir / s.name).unlink(missing_ok=True)
     done = sum(s.samples for s in manifest.shards)
@@ -485,18 +527,57 @@ def write_shards(
     return manifest
 
 
-def _still_valid(out_dir: Path, shards: list[ShardInfo]) -> list[ShardInfo]:
-    """The leading recorded shards whose files are present with the recorded size."""
-    kept = []
+def _stale_reason(old: ShardManifest, new: ShardManifest) -> str | None:
+    """Why shards recorded in `old` are not those `new` plans, in words; None if they are."""
+    if old.source_sha256 != new.source_sha256:
+        if old.source_files != new.source_files:
+            return f"built from {old.source_files} source files, the source now has {new.source_files}"
+        return "the source files changed since the shards were built (sizes or modification times)"
+    if old.plan_sha256 != new.plan_sha256:
+        return "built with other options or crops"
+    return None
+
+
+def _still_valid(out_dir: Path, shards: list[ShardInfo], say: Callable[[str], None]) -> list[ShardInfo]:
+    """The leading recorded shards whose files are intact: present with the recorded size, and
+    with the recorded sha256 unless this folder's VERIFIED_NAME says the file was hashed at its
+    current size and time (hashing every shard of a big dataset at every start would cost
+    minutes; `ntire data check` hashes them all)."""
+    verified_path = out_dir / VERIFIED_NAME
+    try:
+        verified = json.loads(verified_path.read_text())
+    except (OSError, ValueError):
+        verified = {}
+    kept, seen = [], {}
     for s in shards:
         path = out_dir / s.name
-        if not path.is_file() or path.stat().st_size != s.bytes:
+        if not path.is_file():
+            say(f"{path}: missing; rewriting it and the shards after it")
             break
+        st = path.stat()
+        if st.st_size != s.bytes:
+            say(f"{path}: {st.st_size} bytes, {s.bytes} recorded (truncated?); rewriting it and the shards after it")
+            break
+        stamp = [st.st_size, st.st_mtime_ns, s.sha256]
+        if verified.get(s.name) != stamp and _sha256(path) != s.sha256:
+            say(f"{path}: sha256 differs from the manifest; rewriting it and the shards after it")
+            break
+        seen[s.name] = stamp
         kept.append(s)
+    if seen != verified:
+        atomic_write_text(verified_path, json.dumps(seen) + "\n")
     return kept
 
 
-def verify_shards(shard_dir: str | os.PathLike) -> Manifest:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_shards(shard_dir: str | os.PathLike) -> ShardManifest:
     """Check every shard of a folder against its manifest (presence, size, sha256)."""
     shard_dir = Path(shard_dir)
     manifest = read_manifest(shard_dir)
@@ -506,15 +587,11 @@ def verify_shards(shard_dir: str | os.PathLike) -> Manifest:
         path = shard_dir / s.name
         if not path.is_file():
             raise DataError(f"{path}: shard missing")
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != s.sha256:
+        if _sha256(path) != s.sha256:
             raise DataError(f"{path}: sha256 differs from the manifest; the shard is corrupt")
     return manifest
 
 
-def _save(path: Path, manifest: Manifest) -> None:
+def _save(path: Path, manifest: ShardManifest) -> None:
     atomic_write_text(path, json.dumps(manifest.to_dict(), indent=1) + "\n")
 

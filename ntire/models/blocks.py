@@ -8,7 +8,7 @@ upsampler), so released files load with `strict=True`.
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -8,7 +8,7 @@ released keys (`sub_mean`, `head.0`, `body.{i}.body.{0,2}`, `body.{B}`, `tail.0.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -10,7 +10,7 @@ Attribute names reproduce the released keys (`pre_process.{k}.{0,1}.body.{0,2}`,
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -188,7 +188,7 @@ def _mean_shift(sd: Mapping[str, torch.Tensor]) -> tuple[float, tuple[float, flo
     if bias is None or bias.shape != (3,):
         raise CheckpointError("missing 'sub_mean.bias' (3 values), the input mean shift")
     shift = [-float(b) for b in bias]
-    ratios = [s / m for s, m in zip(shift, DIV2K_RGB_MEAN)]
+    ratios = [s / m for s, m in zip(shift, DIV2K_RGB_MEAN, strict=True)]
     # The DIV2K mean at some pixel range (255 for every released model, 1 for some users' own).
     if max(ratios) - min(ratios) <= 1e-4 * abs(ratios[0]) and ratios[0] > 0:
         rgb_range = round(ratios[0]) if abs(ratios[0] - round(ratios[0])) < 1e-3 else ratios[0]

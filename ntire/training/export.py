@@ -40,7 +40,7 @@ def fp32_network(model: nn.Module, config: TrainConfig, accelerator: Accelerator
 
 
 def export_model(model: nn.Module, config: TrainConfig, accelerator: Accelerator, *, step: int,
-                 validation: Validation | None, name: str) -> Path:
+                 validation: Validation | None, name: str, lineage: str = "") -> Path:
     """Write the trained network to `<output_dir>/model` (safetensors + config.yaml), for
     inference. Every process must call it; the main process writes."""
     from ntire.models.checkpoint import save_model
@@ -54,6 +54,7 @@ def export_model(model: nn.Module, config: TrainConfig, accelerator: Accelerator
             "step": step,
             "track": config.data.track,
             "data": data_name(config),
+            "lineage": lineage,  # which run made it: a later fresh run must not replace it silently
         }
         if validation is not None:
             metadata["valid"] = {k.split("/", 1)[1]: round(v, 4) for k, v in validation.metrics().items()}

@@ -16,9 +16,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from ntire.training.state import (
     Checkpoint,
     TrainState,
     best_checkpoint,
+    claim_run_folder,
     find_resume,
     list_checkpoints,
     load_checkpoint,
@@ -97,6 +99,16 @@ def fit(
         out = Path(config.output_dir)
         name = run_name(config)
         main = accelerator.is_main_process
+
+        # -- The run folder: resume from its newest intact checkpoint, or claim it afresh; every
+        # check before anything is written there, so a refused run changes nothing.
+        resume = find_resume(out, config.resume, say=say)
+        if resume is not None:
+            check_resumable(resume, config)
+        elif config.resume == "auto":
+            say(f"no checkpoint in {out} yet; starting afresh")
+        lineage = claim_run_folder(out, resume, archive=config.archive_old_run, main_process=main, say=say)
+        accelerator.wait_for_everyone()
         if main:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / RUN_CONFIG_NAME, config_to_yaml(config))
@@ -105,7 +117,6 @@ def fit(
         from accelerate.utils import set_seed
 
         set_seed(config.seed)  # the same initial weights on every process
-        resume = find_resume(out, config.resume)
         model = build_training_model(config, fresh=resume is None, say=say)
         optimizer = torch.optim.Adam(
             model.parameters(),
@@ -123,13 +134,10 @@ def fit(
         accelerator.register_for_checkpointing(scheduler)
 
         # -- Resume: weights, optimizer, schedule, every process's RNG and the loader position.
-        state = TrainState(step=0, batches=0)
+        state = TrainState(step=0, batches=0, lineage=lineage)
         if resume is not None:
-            check_resumable(resume, config)
             state = load_checkpoint(accelerator, resume)
             say(f"resuming from {resume.path} at step {state.step}")
-        elif config.resume == "auto":
-            say(f"no checkpoint in {out} yet; starting afresh")
 
         # -- Data: a dataset root is sharded once; each process streams its own part of the shards.
         if accelerator.is_local_main_process:  # once per machine; the others wait for it
@@ -205,10 +213,11 @@ def fit(
                     valid=validation.metrics() if validated else {},
                     tracking_run_id=tracker.run_id,
                     config=to_dict(config),
+                    lineage=lineage,
                 )
                 saved = save_checkpoint(accelerator, out, state)
                 if main:
-                    prune_checkpoints(out, config.keep_last)
+                    prune_checkpoints(out, config.keep_last, lineage)
             if validated and report is not None:
                 # After the save, so that a sweep can hand this step's checkpoint to its scheduler.
                 report(step, validation.metrics(), saved)
@@ -217,11 +226,12 @@ def fit(
             validation = run_validation(model, config, valid_images, accelerator, tracker, step, say)
 
         # -- Export: safetensors + config.yaml, what `ntire upscale` and submissions read.
-        model_dir = export_model(model, config, accelerator, step=step, validation=validation, name=name)
+        model_dir = export_model(model, config, accelerator, step=step, validation=validation, name=name,
+                                 lineage=lineage)
         say(f"model exported to {model_dir}")
         tracker.log_artifacts(model_dir, "model")
         record_rank(accelerator, model, out, step=step, run_name=name)  # every rank: world size, weights hash
-        best = best_checkpoint(list_checkpoints(out)) if main else None
+        best = best_checkpoint([c for c in list_checkpoints(out) if c.state.lineage == lineage]) if main else None
         return FitResult(
             step=step,
             output_dir=out,
@@ -302,8 +312,10 @@ def update(
     micro_batches: list[Any],
     config: TrainConfig,
 ) -> torch.Tensor:
-    """One optimizer update: L1 loss and gradients of each micro-batch summed, then a step.
+    """One optimizer update over `micro_batches` (grad_accum of them), then a step.
 
+    Accelerate's `backward` divides each micro-batch's loss by the accumulation count, so the
+    gradients add up to their average: the update equals one on all micro-batches at once.
     Returns the mean loss over the micro-batches (detached, on the device). Gradients are reset
     to None, not zero: Adam skips a parameter without a gradient, so MDSR's branches for other
     scales than a batch's keep their weights and their Adam moments untouched.

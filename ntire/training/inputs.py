@@ -4,8 +4,9 @@ stream of batches, and its share of the validation images."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ntire.config import TrainConfig
 from ntire.errors import DataError
@@ -22,30 +23,34 @@ def shard_cache_dir(config: TrainConfig) -> Path:
 
 def prepare_training_shards(config: TrainConfig, *, say: Callable[[str], None] = print,
                             progress: bool = False) -> list[str] | str:
-    """Shard a dataset folder into its cache unless that is complete already; return the URLs.
+    """Bring a dataset folder's shard cache up to date with its files; return the shard URLs.
 
-    Call it on one process per machine, then `training_urls` on every process after a barrier.
-    A shard folder (with manifest.json) or shard URLs need no preparation and are returned as they are.
+    The cache is reused only while it matches its source: the manifest records the source files'
+    names, sizes and modification times and the options, so added, removed or changed images
+    rebuild it (saying why), and a truncated or corrupt shard is rewritten, not fatal. Call it on
+    one process per machine, then `training_urls` on every process after a barrier. A shard
+    folder (with manifest.json) or shard URLs need no preparation and are returned as they are.
     """
     source = config.data.source
     if _source_kind(source) == "dataset":
-        shard_dir = shard_cache_dir(config)
-        if not _complete(shard_dir):
-            from ntire.data.layout import div2k_pairs
-            from ntire.data.shards import write_shards
+        from ntire.data.layout import div2k_pairs
+        from ntire.data.shards import write_shards
 
-            say(f"sharding {source} into {shard_dir} (once; reused by later runs)")
-            pairs = div2k_pairs(source, split="train", track=config.data.track, scales=config.scales,
-                                indices=span(config.data.train_indices))
-            write_shards(pairs, shard_dir, track=config.data.track, scales=config.scales,
-                         subimage=config.data.subimage, step=config.data.subimage_step, progress=progress)
+        shard_dir = shard_cache_dir(config)
+        pairs = div2k_pairs(source, split="train", track=config.data.track, scales=config.scales,
+                            indices=span(config.data.train_indices))
+        if not _complete(shard_dir):
+            say(f"sharding {source} into {shard_dir} (once; reused while the data is unchanged)")
+        write_shards(pairs, shard_dir, track=config.data.track, scales=config.scales,
+                     subimage=config.data.subimage, step=config.data.subimage_step,
+                     replace_stale=True, progress=progress, say=say)
     return training_urls(config)
 
 
 def training_urls(config: TrainConfig) -> list[str] | str:
     """The shard URLs to stream: a dataset folder's shard cache (see `prepare_training_shards`),
     a shard folder's shards (it holds manifest.json), or `data.source` itself taken as URLs."""
-    from ntire.data.shards import MANIFEST_NAME, read_manifest
+    from ntire.data.shards import read_manifest
 
     source = config.data.source
     kind = _source_kind(source)
@@ -98,7 +103,7 @@ def span(indices: tuple[int, int] | None) -> range | None:
 
 def training_batches(config: TrainConfig, urls: list[str] | str, *, start: int) -> Iterator[Any]:
     """The endless stream of training batches of this process, from micro-batch `start` on."""
-    from ntire.data.loader import train_batches
+    from ntire.data.stream import train_batches
 
     d = config.data
     return train_batches(

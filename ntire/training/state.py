@@ -10,9 +10,11 @@ complete one, and a half-written folder is never mistaken for a checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import yaml
 
 from ntire.errors import CheckpointError
-from ntire.files import atomic_write_text
+from ntire.files import apply_default_modes, atomic_write_text
 
 CHECKPOINTS = "checkpoints"
 """Sub-folder of the output folder holding the checkpoints."""
@@ -52,6 +54,14 @@ class TrainState:
 
     config: dict[str, Any] = field(default_factory=dict)
     """The training config, as plain data."""
+
+    lineage: str = ""
+    """Id of the run this checkpoint belongs to, made when the run started afresh and kept by
+    every resume: pruning removes only the current run's checkpoints ("" in older checkpoints)."""
+
+    files: dict[str, int] = field(default_factory=dict)
+    """Size in bytes of every file of the checkpoint (relative paths) when it was saved, so a
+    truncated or missing file is found before resuming from it (empty in older checkpoints)."""
 
 
 @dataclass(frozen=True)
@@ -94,15 +104,66 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.state.step)
 
 
-def find_resume(output_dir: str | os.PathLike, resume: str | None) -> Checkpoint | None:
-    """The checkpoint `resume` asks for: None (start afresh), `auto` (newest complete one in
-    `output_dir`, or None if there is none yet) or a checkpoint folder."""
+def find_resume(output_dir: str | os.PathLike, resume: str | None,
+                say: Callable[[str], None] = print) -> Checkpoint | None:
+    """The checkpoint `resume` asks for: None (start afresh), `auto` (the newest complete and
+    intact one in `output_dir`, saying which corrupt ones it passed over; None if there is none
+    yet) or a checkpoint folder (CheckpointError if it is corrupt)."""
     if resume is None:
         return None
-    if resume == "auto":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    return read_checkpoint(resume)
+    if resume != "auto":
+        checkpoint = read_checkpoint(resume)
+        problem = checkpoint_problem(checkpoint)
+        if problem:
+            raise CheckpointError(f"{problem}; resume from another checkpoint")
+        return checkpoint
+    found = list_checkpoints(output_dir)
+    for checkpoint in reversed(found):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        say(f"{problem}; falling back to the previous checkpoint")
+    if found:
+        raise CheckpointError(f"{checkpoint_root(output_dir)}: no intact checkpoint to resume from (all "
+                              f"{len(found)} are damaged); start afresh with another --output-dir")
+    return None
+
+
+def checkpoint_problem(checkpoint: Checkpoint) -> str | None:
+    """What is wrong with a complete checkpoint's files, in one line naming the file; None if
+    they are intact. Cheap: sizes against those recorded at save time, and every safetensors
+    file's header against its length (what a truncated copy or a disk-full write breaks)."""
+    for name, size in sorted(checkpoint.state.files.items()):
+        path = checkpoint.path / name
+        if not path.is_file():
+            return f"{path}: missing from the checkpoint"
+        if path.stat().st_size != size:
+            return f"{path}: {path.stat().st_size} bytes, but {size} were saved (truncated or damaged)"
+    for path in sorted(checkpoint.path.rglob("*.safetensors")):
+        problem = _safetensors_problem(path)
+        if problem:
+            return f"{path}: {problem}"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    # The header gives every tensor's byte range; data past the file's end means truncation.
+    import json
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return "not a complete safetensors file (header longer than the file)"
+            header = json.loads(f.read(n))
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as e:
+        return f"not a safetensors file ({e})"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        return f"{size} bytes, but its header describes {8 + n + end} (truncated or damaged)"
+    return None
 
 
 def best_checkpoint(checkpoints: list[Checkpoint]) -> Checkpoint | None:
@@ -129,6 +190,9 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: Trai
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        apply_default_modes(tmp)  # Accelerate's safetensors files come 0600
+        sizes = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        state = dataclasses.replace(state, files=sizes)
         atomic_write_text(tmp / STATE_FILE, yaml.safe_dump(asdict(state), sort_keys=False))
         _fsync_tree(tmp)
         if final.exists():
@@ -148,16 +212,17 @@ def load_checkpoint(accelerator: Any, checkpoint: Checkpoint) -> TrainState:
     """Restore model, optimizer, scheduler and RNG state (every process) from `checkpoint`."""
     try:
         accelerator.load_state(str(checkpoint.path))
-    except (OSError, RuntimeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{checkpoint.path}: cannot restore training state ({e})") from None
+    except Exception as e:  # noqa: BLE001 - torch, safetensors and pickle each raise their own kind
+        raise CheckpointError(f"{checkpoint.path}: cannot restore training state ({_first_line(e)})") from None
     return checkpoint.state
 
 
-def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints and the best by validation PSNR,
-    plus leftovers of crashed saves. Returns the folders removed. Call on the main process only."""
+def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int, lineage: str) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints of run `lineage` and its best by
+    validation PSNR, plus leftovers of crashed saves; another run's checkpoints are never touched.
+    Returns the folders removed. Call on the main process only."""
     root = checkpoint_root(output_dir)
-    checkpoints = list_checkpoints(output_dir)
+    checkpoints = [c for c in list_checkpoints(output_dir) if c.state.lineage == lineage]
     keep = {c.path for c in checkpoints[-keep_last:]}
     best = best_checkpoint(checkpoints)
     if best is not None:
@@ -168,6 +233,88 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> list[Pat
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Who owns a run folder
+
+ARCHIVE_DIR = "archive"
+"""Sub-folder of an output folder where `--archive-old-run` moves an earlier run."""
+
+RUN_FILES = (CHECKPOINTS, "model", "metrics.jsonl", "ranks", "train_config.yaml")
+"""What a run writes into its output folder, and what archiving moves. The shard cache and the
+tracking store stay: the first is keyed by content, the second holds every run's history."""
+
+
+def new_lineage() -> str:
+    """A fresh run id for `TrainState.lineage`."""
+    import uuid
+
+    return uuid.uuid4().hex[:12]
+
+
+def foreign_run(output_dir: str | os.PathLike, lineage: str | None) -> str | None:
+    """What in `output_dir` belongs to another run than `lineage` (None: a fresh start, so any
+    run is another), in words; None if nothing does."""
+    out = Path(output_dir)
+    others = [c for c in list_checkpoints(out) if lineage is None or c.state.lineage != lineage]
+    if others:
+        return f"{len(others)} checkpoint(s) of an earlier run (newest: step {others[-1].state.step})"
+    model = out / "model" / "model.safetensors"
+    if model.is_file():
+        from ntire.models.checkpoint import read_metadata
+
+        try:
+            owner = read_metadata(out / "model").get("lineage")
+        except Exception:  # noqa: BLE001 - an unreadable export is someone's too
+            owner = None
+        if lineage is None or owner != lineage:
+            return "an exported model (model/) of an earlier run"
+    return None
+
+
+def claim_run_folder(output_dir: str | os.PathLike, resume: Checkpoint | None, *, archive: bool,
+                     main_process: bool = True, say: Callable[[str], None] = print) -> str:
+    """Make `output_dir` this run's, before anything is written there; return the run's lineage.
+
+    A fresh start (`resume` None) or a resume from another run's checkpoint into a folder that
+    holds an earlier run is refused, naming the folder and the choices, unless `archive`: then the
+    main process moves that run to `<output_dir>/archive/<date-time>/` (nothing is deleted).
+    """
+    lineage = resume.state.lineage if resume is not None else None
+    found = foreign_run(output_dir, lineage)
+    if found:
+        if not archive:
+            raise CheckpointError(
+                f"{output_dir}: holds {found}; continue it with --resume auto, start afresh elsewhere "
+                "with another --output-dir, or move it aside with --archive-old-run"
+            )
+        if main_process:
+            where = archive_run(output_dir)
+            say(f"moved the earlier run in {output_dir} to {where}")
+    return lineage if lineage is not None else new_lineage()
+
+
+def archive_run(output_dir: str | os.PathLike) -> Path:
+    """Move a run's files (RUN_FILES) from `output_dir` into a new `archive/<date-time>/`."""
+    import time
+
+    out = Path(output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = out / ARCHIVE_DIR / stamp
+    n = 1
+    while target.exists():
+        n += 1
+        target = out / ARCHIVE_DIR / f"{stamp}-{n}"
+    target.mkdir(parents=True)
+    for name in RUN_FILES:
+        if (out / name).exists():
+            os.replace(out / name, target / name)
+    return target
+
+
+def _first_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -189,6 +336,11 @@ __all__ = [
     "Checkpoint",
     "TrainState",
     "best_checkpoint",
+    "ARCHIVE_DIR",
+    "archive_run",
+    "checkpoint_problem",
+    "claim_run_folder",
+    "foreign_run",
     "checkpoint_root",
     "find_resume",
     "list_checkpoints",

@@ -9,8 +9,9 @@ valid, `benchmark` (Y channel, scale border) for Set5-like sets.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
@@ -41,7 +42,7 @@ class ValidationImage:
 
 
 @dataclass(frozen=True)
-class ScaleResult:
+class ScaleValidation:
     """Mean scores over the validation images of one scale."""
 
     scale: int
@@ -64,7 +65,7 @@ class ScaleResult:
 class Validation:
     """The result of one validation pass."""
 
-    scales: dict[int, ScaleResult]
+    scales: dict[int, ScaleValidation]
     comparisons: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     """Per scale, a bicubic | SR | HR crop side by side (main process only; may be empty)."""
 
@@ -96,7 +97,7 @@ def load_validation(
 ) -> list[ValidationImage]:
     """This process's share of the DIV2K `valid` images under `root`, bicubic scores included."""
     from ntire.data.degrade import bicubic_upscale
-    from ntire.data.loader import validation_images
+    from ntire.data.whole_images import validation_images
 
     everything = validation_images(root, track=track, scales=tuple(scales), split="valid", indices=indices)
     mine = list(everything)[process_index::num_processes]
@@ -144,7 +145,7 @@ def validate(
     for scale in sorted({r[0] for r in rows}):
         mine = np.array([r[1:] for r in rows if r[0] == scale], dtype=np.float64)
         means = mine.mean(axis=0)
-        results[scale] = ScaleResult(scale, *map(float, means), images=len(mine))
+        results[scale] = ScaleValidation(scale, *map(float, means), images=len(mine))
     return Validation(results, comparisons)
 
 
@@ -195,4 +196,5 @@ def run_validation(
     return result
 
 
-__all__ = ["ScaleResult", "run_validation", "Validation", "ValidationImage", "comparison", "load_validation", "validate"]
+__all__ = ["ScaleValidation", "Validation", "ValidationImage", "comparison", "load_validation", "run_validation",
+           "validate"]

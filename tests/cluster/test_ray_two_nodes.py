@@ -26,7 +26,8 @@ pytest.importorskip("ray")
 from ray import tune  # noqa: E402
 
 from ntire.config import TrainConfig, build_config  # noqa: E402
-from ntire.tune import SweepOptions, parse_space, run_sweep  # noqa: E402
+from ntire.tune.space import parse_space  # noqa: E402
+from ntire.tune.sweep import SweepOptions, run_sweep  # noqa: E402
 
 MAX_STEPS = 30
 EVAL_EVERY = 10
@@ -117,7 +118,8 @@ def child_runs(uri: str, parent_run_id: str):
     return client, parent, children
 
 
-def test_asha_sweep_over_both_nodes_retries_a_crashed_trial_and_exports_the_best_config(two_nodes, sample_data, tmp_path):
+def test_asha_sweep_over_both_nodes_retries_a_crashed_trial_and_exports_the_best_config(
+        two_nodes, sample_data, tmp_path):
     config = tiny_config(sample_data, tmp_path / "mlflow.db")
     space = parse_space(SPACE, "test_space")
     crash = KillFirstTrialOnce()

@@ -54,7 +54,7 @@ def test_table_and_json(dirs, tmp_path, capsys):
     assert lines[-1].split()[:2] == ["mean", "inf"]
 
     data = json.loads(out.read_text())
-    assert set(data) == {"per_image", "mean"}
+    assert set(data) == {"per_image", "mean", "unmatched_sr"} and data["unmatched_sr"] == []
     assert list(data["per_image"]) == ["0801", "0802", "0803"]
     assert all(set(v) == {"psnr", "ssim"} for v in data["per_image"].values())
     assert data["per_image"]["0801"]["psnr"] == pytest.approx(20 * math.log10(255 / 1))
@@ -117,3 +117,26 @@ def test_real_process_exits_2_without_traceback(dirs):
     )
     assert proc.returncode == 2
     assert "0801.png" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_error_mid_progress_bar_starts_on_its_own_line(dirs):
+    sr_dir, hr_dir = dirs
+    _save(sr_dir / "0802x2.png", np.zeros((10, 10, 3), np.uint8))  # wrong size: fails mid-run
+    run = subprocess.run([sys.executable, "-m", "ntire", *_args(sr_dir, hr_dir, "--protocol", "div2k")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    lines = run.stderr.replace("\r", "\n").splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("ntire evaluate: error: "), run.stderr
+    assert "evaluate:" in run.stderr.split("ntire evaluate: error")[0]  # a bar was drawn before it
+
+
+def test_unmatched_sr_images_are_an_error_or_a_counted_warning(dirs, capsys):
+    sr_dir, hr_dir = dirs
+    _save(sr_dir / "0900x2.png", np.zeros((48, 50, 3), np.uint8))
+    assert main(_args(sr_dir, hr_dir, "--protocol", "div2k")) == 2
+    assert "0900x2.png" in capsys.readouterr().err
+    assert main(_args(sr_dir, hr_dir, "--protocol", "div2k", "--ignore-unmatched")) == 0
+    captured = capsys.readouterr()
+    assert "warning: 1 SR image(s) without an HR partner not scored: 0900x2.png" in captured.err
+    assert "0801" in captured.out

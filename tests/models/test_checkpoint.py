@@ -9,10 +9,10 @@ import torch
 import yaml
 
 from ntire.__main__ import main
-from ntire.models.checkpoint import init_from, load_model, read_metadata, save_model
 from ntire.config import ModelConfig
 from ntire.errors import CheckpointError
 from ntire.models import build_model
+from ntire.models.checkpoint import init_from, load_model, read_metadata, save_model
 
 EDSR_X2 = ModelConfig(kind="edsr", scales=(2,), n_blocks=2, n_feats=8)
 MDSR_TINY = ModelConfig(kind="mdsr", scales=(2, 3, 4), n_blocks=2, n_feats=8)

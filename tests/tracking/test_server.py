@@ -105,8 +105,8 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_server_records_a_run_logged_through_ntire_tracking(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from ntire.training.tracking import start_tracking
     from ntire.config import TrackingConfig
+    from ntire.training.tracking import start_tracking
 
     port = _free_port()
     data = tmp_path / "server"

@@ -30,6 +30,8 @@ import numpy as np
 import pytest
 import torch
 
+from ntire.config import build_config
+from ntire.errors import ConfigError
 from ntire.training.distributed import (
     accelerator_kwargs,
     check_launch,
@@ -39,8 +41,6 @@ from ntire.training.distributed import (
     read_rank_records,
     weights_digest,
 )
-from ntire.errors import ConfigError
-from ntire.config import build_config
 
 REPO = Path(__file__).resolve().parents[2]
 ACCELERATE_DIR = REPO / "cluster" / "accelerate"

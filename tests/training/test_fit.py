@@ -16,8 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ntire.config import ModelConfig
-from ntire.config import TrainConfig, build_config, merge
+from ntire.config import ModelConfig, TrainConfig, build_config, merge
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = {"n_blocks": 1, "n_feats": 8}
@@ -72,9 +71,9 @@ def read_metrics(out: Path) -> dict[int, dict[str, float]]:
 def test_fit_learns_validates_checkpoints_and_exports(dataset, tmp_path, capsys):
     from accelerate.utils import set_seed
 
-    from ntire.models.checkpoint import load_model
-    from ntire.data.loader import train_batches
+    from ntire.data.stream import train_batches
     from ntire.models.build import build_model
+    from ntire.models.checkpoint import load_model
     from ntire.training.fit import fit
     from ntire.training.inputs import training_urls
 
@@ -125,7 +124,7 @@ def accelerator():
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_mdsr_step_leaves_other_scales_and_their_adam_state_untouched(accelerator, foreach):
-    from ntire.data.loader import Batch
+    from ntire.data.stream import Batch
     from ntire.models.build import build_model
     from ntire.training.fit import update
 
@@ -167,8 +166,8 @@ def test_mdsr_step_leaves_other_scales_and_their_adam_state_untouched(accelerato
 
 
 def test_init_from_x2_starts_x3_with_all_but_the_upsampler(tmp_path):
-    from ntire.models.checkpoint import save_model
     from ntire.models.build import build_model
+    from ntire.models.checkpoint import save_model
     from ntire.training.fit import build_training_model
 
     torch.manual_seed(1)
@@ -279,3 +278,82 @@ def test_demo_command_prints_psnr_beside_bicubic_and_exports(dataset, tmp_path, 
     assert code == (0 if beaten else 1)
     assert beaten or "did not beat bicubic" in out  # two updates of a tiny net: honest failure
     assert (out_dir / "model" / "model.safetensors").is_file()
+
+
+def test_gradient_accumulation_averages_micro_batches():
+    # Accelerate divides each micro-batch's loss by the accumulation count: two micro-batches of
+    # 2 give the update one batch of 4 gives (not twice it, as summing would).
+    from ntire.data.stream import Batch
+    from ntire.models.build import build_model
+    from ntire.training.fit import update
+
+    g = torch.Generator().manual_seed(0)
+    lr = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=g)
+    hr = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=g)
+
+    def weights_after(micro_batches: list, grad_accum: int) -> dict[str, torch.Tensor]:
+        from accelerate import Accelerator
+
+        from ntire.training.distributed import finish
+
+        config = build_config(None, {"model": TINY_MODEL, "optim": {"grad_accum": grad_accum}})
+        acc = Accelerator(cpu=True, gradient_accumulation_steps=grad_accum)
+        torch.manual_seed(0)
+        model = build_model(config.model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)  # linear in the gradient
+        model, optimizer = acc.prepare(model, optimizer)
+        update(model, optimizer, acc, micro_batches, config)
+        out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        finish(acc)
+        return out
+
+    whole = weights_after([Batch(lr, hr, 2)], 1)
+    halves = weights_after([Batch(lr[:2], hr[:2], 2), Batch(lr[2:], hr[2:], 2)], 2)
+    assert all(torch.allclose(whole[k], halves[k], atol=1e-6) for k in whole)
+    # What summed gradients would have given (SGD is linear): twice the step. Not what happened.
+    torch.manual_seed(0)
+    initial = build_model(build_config(None, {"model": TINY_MODEL}).model).state_dict()
+    summed = {k: initial[k] + 2 * (whole[k] - initial[k]) for k in whole}
+    assert not all(torch.allclose(summed[k], halves[k], atol=1e-6) for k in whole)
+
+
+def test_a_fresh_run_into_a_used_folder_is_refused_before_writing_anything(dataset, tmp_path):
+    from ntire.errors import CheckpointError
+    from ntire.training.fit import RUN_CONFIG_NAME, fit
+
+    out = tmp_path / "run"
+    first = fit(tiny_config(dataset, out, max_steps=4, save_every=2, eval_every=0, keep_last=2))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "mlflow" not in p.name}
+    with pytest.raises(CheckpointError, match=r"run: holds 2 checkpoint\(s\) of an earlier run"):
+        fit(tiny_config(dataset, out, max_steps=2, save_every=1, eval_every=0))
+    with pytest.raises(CheckpointError, match="holds"):  # another network: refused the same way
+        fit(tiny_config(dataset, out, max_steps=2, model={"n_feats": 16}))
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "mlflow" not in p.name}
+    assert after == before  # the train config, the checkpoints and the model are as they were
+    assert (out / RUN_CONFIG_NAME).read_text().count("max_steps: 4") == 1
+
+    # Moved aside on request: the old model survives in the archive, the new run owns the folder.
+    second = fit(tiny_config(dataset, out, max_steps=2, save_every=1, eval_every=0, keep_last=1,
+                             archive_old_run=True))
+    (archived,) = (out / "archive").iterdir()
+    assert (archived / "model" / "model.safetensors").read_bytes() == before[first.model_dir / "model.safetensors"]
+    assert sorted(p.name for p in (archived / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
+    assert second.step == 2
+    # And --resume auto now continues the new run, not the archived one.
+    third = fit(tiny_config(dataset, out, max_steps=3, save_every=1, eval_every=0, keep_last=1, resume="auto"))
+    assert third.step == 3 and sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000003"]
+
+
+def test_a_runs_files_follow_the_umask(dataset, tmp_path):
+    from ntire.training.fit import fit
+
+    old = os.umask(0o022)
+    try:
+        fit(tiny_config(dataset, tmp_path / "run", max_steps=2, save_every=2, eval_every=2))
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777
+             for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert "run/model/model.safetensors" in modes and "run/checkpoints/step-00000002/model.safetensors" in modes
+    assert {k: v for k, v in modes.items() if v != 0o644} == {}

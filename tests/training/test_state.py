@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,10 +29,13 @@ from ntire.training.state import (
 
 def fake_checkpoint(out: Path, step: int, psnr: float | None = None, *, complete: bool = True,
                     name: str | None = None) -> Path:
-    """A checkpoint folder with a state file (no weights: enough for listing and pruning)."""
+    """A checkpoint folder with a state file and a small weights file (enough for listing, checking
+    and pruning)."""
+    from safetensors.torch import save_file
+
     folder = checkpoint_root(out) / (name or f"step-{step:08d}")
     folder.mkdir(parents=True)
-    (folder / "model.safetensors").write_bytes(b"weights")
+    save_file({"w": torch.full((3,), float(step))}, str(folder / "model.safetensors"))
     if complete:
         state = TrainState(step=step, batches=step, valid_psnr=psnr)
         (folder / STATE_FILE).write_text(yaml.safe_dump(asdict(state)))
@@ -65,13 +70,13 @@ def test_prune_keeps_the_last_k_and_the_best(tmp_path):
     for step, psnr in psnrs.items():
         fake_checkpoint(tmp_path, step, psnr)
     debris = fake_checkpoint(tmp_path, 60, name=".tmp-step-00000060")
-    removed = prune_checkpoints(tmp_path, keep_last=2)
+    removed = prune_checkpoints(tmp_path, keep_last=2, lineage="")
     assert [c.state.step for c in list_checkpoints(tmp_path)] == [20, 40, 50]
     assert debris in removed and not debris.exists()
     assert best_checkpoint(list_checkpoints(tmp_path)).state.step == 20
     # The best is kept once, not twice, when it is also among the last K.
     fake_checkpoint(tmp_path, 70, 33.0)
-    prune_checkpoints(tmp_path, keep_last=1)
+    prune_checkpoints(tmp_path, keep_last=1, lineage="")
     assert [c.state.step for c in list_checkpoints(tmp_path)] == [70]
 
 
@@ -122,7 +127,8 @@ def test_save_and_load_restore_weights_optimizer_schedule_and_rng(tmp_path, prep
     for _ in range(2):
         _train_step(model, optimizer, scheduler)
     restored = load_checkpoint(accelerator, read_checkpoint(path))
-    assert restored == state
+    assert restored == dataclasses.replace(state, files=restored.files)
+    assert restored.files["model.safetensors"] == (path / "model.safetensors").stat().st_size
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
     assert scheduler.get_last_lr() == lr
     assert torch.equal(torch.rand(3), after_save)  # RNG restored to where the save left it
@@ -158,3 +164,72 @@ def test_saving_a_step_again_replaces_it(tmp_path, prepared):
     (only,) = list_checkpoints(tmp_path)
     assert only.state.valid_psnr == 2.0
     assert sorted(p.name for p in checkpoint_root(tmp_path).iterdir()) == ["step-00000005"]
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, prepared):
+    accelerator, model, optimizer, scheduler = prepared
+    for step in (1, 2):
+        _train_step(model, optimizer, scheduler)
+        save_checkpoint(accelerator, tmp_path, TrainState(step=step, batches=step))
+    newest = checkpoint_root(tmp_path) / "step-00000002" / "model.safetensors"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    said: list[str] = []
+    assert find_resume(tmp_path, "auto", say=said.append).state.step == 1
+    assert len(said) == 1 and str(newest) in said[0] and "falling back" in said[0]
+    with pytest.raises(CheckpointError, match=r"step-00000002/model.safetensors: \d+ bytes, but \d+ were saved"):
+        find_resume(tmp_path, str(newest.parent))
+    # Without the recorded sizes (an older checkpoint), the safetensors header still tells.
+    state_file = newest.parent / STATE_FILE
+    record = yaml.safe_load(state_file.read_text())
+    record["files"] = {}
+    state_file.write_text(yaml.safe_dump(record))
+    with pytest.raises(CheckpointError, match="header describes"):
+        find_resume(tmp_path, str(newest.parent))
+    # Every checkpoint damaged: one line, not a traceback.
+    older = checkpoint_root(tmp_path) / "step-00000001" / "optimizer.bin"
+    older.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no intact checkpoint"):
+        find_resume(tmp_path, "auto", say=said.append)
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path, prepared):
+    accelerator = prepared[0]
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(accelerator, tmp_path, TrainState(step=1, batches=1))
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.rglob("*") if p.is_file()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o644}, modes
+
+
+def test_a_fresh_run_never_takes_over_a_folder_holding_another_run(tmp_path):
+    from ntire.training.state import ARCHIVE_DIR, claim_run_folder
+
+    fake_checkpoint(tmp_path, 10)
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    refusal = r"holds 1 checkpoint\(s\) of an earlier run.*--resume auto.*--archive-old-run"
+    with pytest.raises(CheckpointError, match=refusal):
+        claim_run_folder(tmp_path, None, archive=False)
+    assert (checkpoint_root(tmp_path) / "step-00000010").is_dir()  # refused: nothing moved
+    # Resuming that very run is its own business.
+    (resumed,) = list_checkpoints(tmp_path)
+    assert claim_run_folder(tmp_path, resumed, archive=False) == resumed.state.lineage
+    said: list[str] = []
+    lineage = claim_run_folder(tmp_path, None, archive=True, say=said.append)
+    assert lineage and lineage != resumed.state.lineage
+    (archived,) = (tmp_path / ARCHIVE_DIR).iterdir()
+    assert (archived / "checkpoints" / "step-00000010").is_dir() and (archived / "metrics.jsonl").is_file()
+    assert list_checkpoints(tmp_path) == [] and not (tmp_path / "metrics.jsonl").exists()
+    assert said == [f"moved the earlier run in {tmp_path} to {archived}"]
+
+
+def test_pruning_leaves_another_runs_checkpoints_alone(tmp_path):
+    mine = fake_checkpoint(tmp_path, 10)
+    theirs = checkpoint_root(tmp_path) / "step-00000005"
+    theirs.mkdir()
+    (theirs / STATE_FILE).write_text(yaml.safe_dump(asdict(TrainState(step=5, batches=5, lineage="other"))))
+    fake_checkpoint(tmp_path, 20)
+    prune_checkpoints(tmp_path, keep_last=1, lineage="")
+    assert theirs.is_dir() and not mine.exists()

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ntire.training.tracking import Tracker, default_tracking_uri, start_tracking
 from ntire.config import TrackingConfig, build_config, merge
+from ntire.training.tracking import Tracker, default_tracking_uri, start_tracking
 
 
 def tiny_div2k(root: Path, size: int = 72) -> Path:
@@ -65,7 +65,8 @@ def test_a_training_job_is_one_mlflow_run_with_params_metrics_and_artifacts(tmp_
     assert params["data.source"].endswith("tiny") and params["model.scales"] == "2"
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
-    assert {"train/lr", "train/patches_per_s", "valid/psnr_x2", "valid/ssim_x2", "valid/bicubic_psnr_x2"} <= set(run.data.metrics)
+    wanted = {"train/lr", "train/patches_per_s", "valid/psnr_x2", "valid/ssim_x2", "valid/bicubic_psnr_x2"}
+    assert wanted <= set(run.data.metrics)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid/psnr_x2")] == [2, 4]
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "comparisons")}

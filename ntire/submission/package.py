@@ -1,4 +1,4 @@
-"""The NTIRE submission format, and a validator that lists everything wrong with a submission.
+"""Packaging a submission: the readme, the validator, the zip, and `ntire submit --check`.
 
 A submission (one track, one scale) is a zip holding, at its top level and nothing else:
 
@@ -9,7 +9,9 @@ A submission (one track, one scale) is a zip holding, at its top level and nothi
 The validator never stops at the first problem: every check runs and each problem is reported as
 one line naming the file and what is wrong, so a broken build can be fixed in one pass. Sizes are
 checked only where the LR sizes are known (`Expected`); without them the file names, PNG format,
-pixel mode and readme are still checked.
+pixel mode and readme are still checked. `write_zip` validates the folder, then the zip it wrote
+under a temporary name, and only then renames it over the target, so a valid zip is never
+replaced by a broken one.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ import json
 import math
 import os
 import re
-import struct
 import zipfile
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from PIL import Image, UnidentifiedImageError
 
-from ntire.errors import NtireError
+from ntire.errors import ConfigError, NtireError
+from ntire.files import atomic_path, atomic_write_text
+from ntire.submission.manifest import ModelEntry
+from ntire.submission.predict import png_header, sr_name
 
 README_NAME = "readme.txt"
 
@@ -40,7 +44,6 @@ README_FIELDS = (
 )
 """The readme's four keys, in the order the challenge's template lists them."""
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {0: "greyscale", 2: "RGB", 3: "palette", 4: "greyscale+alpha", 6: "RGBA"}
 _SCALE_IN_NAME = re.compile(r"x(\d+)\.png$", re.IGNORECASE)
 
@@ -84,7 +87,7 @@ def format_readme(readme: Readme) -> str:
     """readme.txt text: the four `key : value` lines in the challenge's order."""
     description = " ".join(readme.description.split())  # one line, whatever the manifest held
     values = (_format_runtime(readme.runtime), int(readme.cpu), int(readme.extra_data), description)
-    return "".join(f"{key} : {value}\n" for key, value in zip(README_FIELDS, values))
+    return "".join(f"{key} : {value}\n" for key, value in zip(README_FIELDS, values, strict=True))
 
 
 def parse_readme(text: str) -> tuple[Readme | None, list[str]]:
@@ -119,6 +122,20 @@ def parse_readme(text: str) -> tuple[Readme | None, list[str]]:
         return None, problems
     assert runtime is not None and cpu is not None and extra is not None and description
     return Readme(runtime=runtime, cpu=cpu, extra_data=extra, description=description), []
+
+
+def describe(entry: ModelEntry, checkpoint: Path, model_name: str, params: int, self_ensemble: bool) -> str:
+    """The readme's description: the manifest's text, then model, checkpoint and ensemble.
+
+    The appended facts come from the checkpoint actually loaded, so the readme stays true when
+    an entry's later candidate stood in for its first.
+    """
+    text = entry.description.strip().rstrip(".")
+    parts = [text] if text else []
+    parts.append(f"model {model_name} ({params / 1e6:.2f}M parameters)")
+    parts.append(f"checkpoint {checkpoint.name if checkpoint.is_file() else checkpoint}")
+    parts.append("geometric self-ensemble x8" if self_ensemble else "no self-ensemble")
+    return "; ".join(parts)
 
 
 def _field_list() -> str:
@@ -169,7 +186,7 @@ class Expected:
         return json.dumps({"scale": self.scale, "lr_sizes": sizes}, indent=1) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: str = "expected") -> "Expected":
+    def from_json(cls, text: str, where: str = "expected") -> Expected:
         """Read a record written by `to_json`; errors name `where`."""
         try:
             data = json.loads(text)
@@ -205,11 +222,6 @@ def expected_from_lr_dir(lr_dir: str | os.PathLike, scale: int) -> Expected:
     if not files:
         raise NtireError(f"{lr_dir}: no PNG images in the LR folder")
     return expected_from_lr_files(files, scale)
-
-
-def sr_name(lr_path: str | os.PathLike) -> str:
-    """The SR file name the challenge expects for an LR input: its name, as a PNG."""
-    return Path(lr_path).stem + ".png"
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,19 +310,9 @@ def _scale_from_names(images: dict[str, Entry], problems: list[str]) -> int | No
         scales[name] = int(m.group(1)) if m else None
     found = {s for s in scales.values() if s is not None}
     if len(found) > 1:
-        problems.append(f"images name different scales ({', '.join(f'x{s}' for s in sorted(found))}); one zip is one scale")
+        named = ", ".join(f"x{s}" for s in sorted(found))
+        problems.append(f"images name different scales ({named}); one zip is one scale")
     return found.pop() if len(found) == 1 else None
-
-
-def png_header(data: bytes) -> tuple[int, int, int, int] | None:
-    """(width, height, bit depth, colour type) from a PNG's IHDR chunk, or None if not a PNG.
-
-    Read from the bytes because Pillow silently converts 16-bit RGB to 8-bit on opening.
-    """
-    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        return None
-    width, height, depth, color = struct.unpack(">IIBB", data[16:26])
-    return width, height, depth, color
 
 
 def _check_png(name: str, data: bytes, want: tuple[int, int, int, int] | None, scale: int | None) -> list[str]:
@@ -353,8 +355,12 @@ def folder_entries(folder: str | os.PathLike) -> list[Entry]:
     folder = Path(folder)
     if not folder.is_dir():
         raise NtireError(f"{folder}: submission folder not found")
+    from ntire.files import is_temp_file
+
     entries = []
     for path in sorted(folder.rglob("*")):
+        if is_temp_file(path):  # a killed writer's debris, never part of a submission
+            continue
         rel = path.relative_to(folder).as_posix()
         entries.append(Entry(rel, path.is_dir(), _reader(path)))
     return entries
@@ -388,6 +394,63 @@ def expected_record_path(zip_path: str | os.PathLike) -> Path:
     return zip_path.with_name(zip_path.stem + ".inputs.json")
 
 
+# --------------------------------------------------------------------------------------------
+# Writing the zip, and what `--check` compares against
+
+
+def write_zip(folder: str | os.PathLike, zip_path: str | os.PathLike, expected: Expected) -> Path:
+    """Validate `folder`, zip its files at the top level, validate the zip, then move it in place.
+
+    Raises SubmissionError listing every problem; an existing zip at `zip_path` is then left
+    untouched (the new one is built beside it under a temporary name and renamed only once valid).
+    Also records the LR sizes beside the zip (`*.inputs.json`) for `ntire submit --check`.
+    """
+    folder, zip_path = Path(folder), Path(zip_path)
+    problems = check_folder(folder, expected)
+    if problems:
+        raise SubmissionError(str(folder), problems)
+    members = [folder / README_NAME] + sorted(p for p in folder.iterdir() if p.name != README_NAME)
+    with atomic_path(zip_path) as tmp:
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for path in members:
+                # PNGs are compressed already; deflating them again costs time for nothing.
+                method = zipfile.ZIP_DEFLATED if path.suffix == ".txt" else zipfile.ZIP_STORED
+                archive.write(path, arcname=path.name, compress_type=method)
+        # The folder passed, but the zip itself may not (a full disk truncates it).
+        problems = check_zip(tmp, expected)
+        if problems:
+            raise SubmissionError(f"{zip_path} (not written)", problems)
+    atomic_write_text(expected_record_path(zip_path), expected.to_json())
+    return zip_path
+
+
+def load_expected(
+    zip_path: str | os.PathLike, lr_dir: str | os.PathLike | None, scale: int | None
+) -> tuple[Expected | None, str]:
+    """What `--check` compares a zip against, and a line saying where that came from.
+
+    From `lr_dir` when given (scale from `scale`, else from the LR names `0901x4.png`), else from
+    the record the builder wrote beside the zip, else None (sizes unchecked).
+    """
+    if lr_dir is not None:
+        lr_dir = Path(lr_dir)
+        if not lr_dir.is_dir():
+            raise ConfigError(f"--lr {lr_dir}: no such folder (give the LR folder of the zip's inputs)")
+        if scale is None:
+            found = {int(m.group(1)) for p in lr_dir.glob("*.png") if (m := re.search(r"x(\d+)$", p.stem))}
+            if len(found) != 1:
+                raise ConfigError(f"--lr {lr_dir}: cannot tell the scale from the file names; give --scale")
+            scale = found.pop()
+        return expected_from_lr_dir(lr_dir, scale), f"sizes checked against the LR images in {lr_dir} (x{scale})"
+    record = expected_record_path(zip_path)
+    if record.is_file():
+        expected = Expected.from_json(record.read_text(), str(record))
+        if scale is not None and scale != expected.scale:
+            raise ConfigError(f"--scale {scale} disagrees with {record} (x{expected.scale})")
+        return expected, f"sizes checked against {record} (x{expected.scale})"
+    return None, "image sizes and count not checked (give --lr DIR, the LR folder, to check them)"
+
+
 __all__ = [
     "Entry",
     "Expected",
@@ -398,13 +461,14 @@ __all__ = [
     "check_entries",
     "check_folder",
     "check_zip",
+    "describe",
     "expected_from_lr_dir",
     "expected_from_lr_files",
     "expected_record_path",
     "folder_entries",
     "format_readme",
+    "load_expected",
     "parse_readme",
-    "png_header",
-    "sr_name",
+    "write_zip",
     "zip_entries",
 ]

@@ -1,5 +1,5 @@
-"""The patch loader: alignment, reproducibility and skip-ahead, rank/worker splits, MDSR batches,
-bad samples, `pipe:` URLs, and the whole-image validation readers."""
+"""The training stream: alignment, reproducibility and skip-ahead, rank/worker splits, MDSR
+batches, bad samples and `pipe:` URLs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from ntire.data.degrade import bicubic_downscale
-from ntire.data.loader import ShardReader, train_batches, validation_images, benchmark_images
 from ntire.data.shards import read_manifest
+from ntire.data.stream import train_batches
+from ntire.data.tar_reader import ShardReader
 from ntire.errors import DataError
 
 
@@ -198,7 +199,7 @@ def test_skip_bad_samples_logs_and_counts(shard_dir, tmp_path, caplog):
     bad = tmp_path / "bad.tar"
     keys = _craft(shard_dir, bad, "all")
     stream = train_batches(str(bad), scales=(2, 3, 4), skip_bad_samples=True, **SMALL)
-    with caplog.at_level(logging.WARNING, logger="ntire.data.loader"):
+    with caplog.at_level(logging.WARNING, logger="ntire.data.stream"):
         batches = _take(stream, 20)  # 5 rounds of 4 batches from 4 samples: 20 samples, 3 bad
     assert stream.bad_samples == 3 and len(batches) == 20
     assert all(b.hr.shape[-1] == 12 * b.scale for b in batches)
@@ -214,43 +215,3 @@ def test_truncated_shard_is_named(shard_dir, tmp_path):
         _take(train_batches(str(cut), scales=(2,), **SMALL), 30)
     with pytest.raises(DataError, match="missing.tar: cannot open shard"):
         _take(train_batches(str(tmp_path / "missing.tar"), scales=(2,), **SMALL), 1)
-
-
-def test_validation_and_benchmark_images(sample_root):
-    images = validation_images(sample_root, track="bicubic", scales=(2, 3))
-    assert [(n, s) for n, s, _, _ in images] == [("0801", 2), ("0802", 2), ("0801", 3), ("0802", 3)]
-    for _, s, lr, hr in images:
-        assert lr.dtype == np.uint8 and hr.shape == (lr.shape[0] * s, lr.shape[1] * s, 3)
-    chelsea = images[3]  # 300x451 photo: the HR is cropped to 300x450 for x3
-    assert chelsea[3].shape == (300, 450, 3)
-    test = validation_images(sample_root, track="unknown", scales=(4,), split="test")
-    assert [n for n, *_ in test] == ["0901", "0902"] and test[0][3] is None
-    bench = benchmark_images(sample_root, "Sample5", (4,))
-    assert len(bench) == 5 and bench[0][0] == "astronaut" and bench[0][2].shape == (128, 128, 3)
-
-
-@pytest.mark.parametrize("fmt", ["GNU_FORMAT", "PAX_FORMAT"])
-def test_tar_reader_handles_long_names_and_pax_headers(tmp_path, fmt):
-    """Shards made by other tools (GNU tar, pax) read the same as with the standard library."""
-    import io
-    import tarfile
-
-    from ntire.data.loader import tar_members
-
-    long_key = "k" * 120  # longer than ustar's 100-character name field
-    members = {f"{long_key}.hr.npy": b"x" * 1000, f"{long_key}.json": b"{}", "short.txt": b"",
-               "ümlaut.json": "é".encode()}
-    path = tmp_path / "other.tar"
-    with tarfile.open(path, "w", format=getattr(tarfile, fmt)) as tar:
-        folder = tarfile.TarInfo("adir")
-        folder.type = tarfile.DIRTYPE
-        tar.addfile(folder)
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    with open(path, "rb") as f:
-        assert dict(tar_members(f, lambda name: True)) == members
-    with open(path, "rb") as f:
-        assert [n for n, _ in tar_members(f, lambda name: name.endswith(".json"))] == [
-            f"{long_key}.json", "ümlaut.json"]

@@ -1,8 +1,5 @@
-"""ntire.tune without a Ray cluster: search spaces, configs of trials, sweep folders.
-
-The sweeps themselves (ASHA, crash retry, resume, distributed trials, MLflow runs) run on a
-two-node Ray cluster in tests/cluster/test_ray_two_nodes.py.
-"""
+"""ntire.tune.space: parsing search spaces, their distributions, checking them against the
+training config, applying drawn values to it."""
 
 from __future__ import annotations
 
@@ -11,26 +8,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ntire.errors import ConfigError
 from ntire.config import TrainConfig, build_config
+from ntire.errors import ConfigError
 
 pytest.importorskip("ray")
 
-from ntire.tune import (  # noqa: E402
-    SPACE_DIR,
-    TrialSetup,
-    apply_params,
-    check_space,
-    load_space,
-    parse_space,
-    prepare_base,
-    resume_sweep,
-    run_sweep,
-    trial_config,
-)
-
-# ---------------------------------------------------------------------------------------------
-# Search spaces
+from ntire.tune.space import SPACE_DIR, apply_params, check_space, load_space, parse_space  # noqa: E402
 
 
 def test_shipped_spaces_load_against_their_configs():
@@ -112,41 +95,3 @@ def test_apply_params_replaces_only_the_swept_fields():
         data=dataclasses.replace(base.data, valid_indices=(801, 802)),
     )
     assert base == TrainConfig()  # frozen: nothing changed in place
-
-
-def test_trial_config_checkpoints_at_every_validation(tmp_path):
-    base = build_config(None, {"max_steps": 100, "eval_every": 25, "save_every": 40, "keep_last": 3})
-    setup = TrialSetup(base=base, tracking_uri="sqlite:///x.db", parent_run_id="p")
-    config = trial_config(setup, {"optim.lr": 5e-4}, trial_id="abc_00001", output_dir=tmp_path / "t",
-                          resume=tmp_path / "ck")
-    assert config.optim.lr == 5e-4
-    assert config.output_dir == str(tmp_path / "t") and config.resume == str(tmp_path / "ck")
-    assert config.save_every == 25  # every report to Ray carries that step's checkpoint
-    assert config.tracking.uri == "sqlite:///x.db"
-    assert config.tracking.run_name == "EDSR_x2_f64b16_bicubic_sample_100_abc_00001"
-    untracked = trial_config(dataclasses.replace(setup, tracking_uri=None), {}, trial_id="t",
-                             output_dir=tmp_path, resume=None)
-    assert not untracked.tracking.enabled and untracked.resume is None
-
-
-def test_a_new_sweep_refuses_an_output_folder_holding_one(tmp_path):
-    (tmp_path / "sweep.yaml").write_text("{}")
-    with pytest.raises(ConfigError, match="--resume"):
-        run_sweep(TrainConfig(), parse_space({"optim.lr": {"choice": [1e-4]}}), output_dir=tmp_path)
-    with pytest.raises(ConfigError, match="no sweep to resume"):
-        resume_sweep(tmp_path / "elsewhere")
-
-
-def test_trials_get_absolute_paths_and_one_shard_cache(tmp_path):
-    (tmp_path / "data" / "sample").mkdir(parents=True)
-    config = build_config(None, {"data": {"source": "data/sample", "valid_root": "data/sample"},
-                                 "init_from": "missing/model"})
-    space = parse_space({"optim.lr": {"choice": [1e-4]}, "max_steps": 7})
-    base = prepare_base(config, space, tmp_path / "sweep", cwd=tmp_path)
-    assert base.data.source == base.data.valid_root == str(tmp_path / "data" / "sample")
-    assert base.data.shard_dir == str(tmp_path / "sweep" / "shards")
-    assert base.init_from == "missing/model" and base.max_steps == 7
-    # Trials that sweep what the shards hold shard for themselves (in their own folders).
-    per_trial = prepare_base(config, parse_space({"data.track": {"choice": ["bicubic", "unknown"]}}),
-                             tmp_path / "sweep", cwd=tmp_path)
-    assert per_trial.data.shard_dir is None

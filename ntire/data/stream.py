@@ -1,4 +1,4 @@
-"""From WebDataset shards to training batches, and whole images for validation.
+"""The training stream: from WebDataset shards to batches of aligned LR/HR patch pairs.
 
 Training stream, per data-loader worker:
 
@@ -21,8 +21,8 @@ node splitter (ranks would overlap); within an epoch ranks and workers read disj
 together cover the set. With fewer shards than ranks x workers, each reads every shard and keeps
 every (ranks x workers)-th sample instead (disjoint and complete, at the cost of extra reading).
 
-The loader is a plain torch DataLoader; do not pass it through `accelerator.prepare`, which would
-split it a second time.
+`TrainBatches` iterates a plain torch DataLoader; do not pass it through `accelerator.prepare`,
+which would split it a second time.
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ import math
 import multiprocessing
 import os
 import re
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ntire.data.tar_reader import ShardReader, count_samples, expand_urls, shard_file_name
 from ntire.errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
@@ -60,183 +60,13 @@ class Batch(NamedTuple):
     """The upscaling factor of this batch."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Shard URLs and reading
-
-
-def expand_urls(urls: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Shard URLs with brace patterns expanded (`shard-{000000..000009}.tar`), in order."""
-    from webdataset.shardlists import expand_urls as wds_expand
-
-    if isinstance(urls, (str, os.PathLike)):
-        urls = [urls]
-    out: list[str] = []
-    for url in urls:
-        out.extend(wds_expand(str(url)))
-    if not out:
-        raise DataError("no shard URLs given")
-    return out
-
-
-def shard_name(url: str) -> str | None:
-    """The `*.tar` file name a URL refers to (also inside a `pipe:` command), or None."""
-    names = re.findall(r"[^/\s'\"]+\.tar\b", url)
-    return names[-1] if names else None
-
-
 class _Bad(NamedTuple):
+    """A sample skipped with skip_bad_samples=True. It stays in the stream so that rounds keep
+    their sample positions (resume stays exact); its patch slots go to the next good sample."""
+
     url: str
     key: str
     reason: str
-
-
-def _read_exact(stream, n: int) -> bytes:
-    data = stream.read(n)
-    if len(data) == n or not data:
-        return data
-    parts = [data]  # pipes may return short reads
-    got = len(data)
-    while got < n:
-        more = stream.read(n - got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
-def _skip(stream, n: int) -> None:
-    if n <= 0:
-        return
-    if getattr(stream, "seekable", lambda: False)():
-        stream.seek(n, io.SEEK_CUR)
-    else:
-        _read_exact(stream, n)
-
-
-def _pax_records(buf: bytes) -> dict[str, str]:
-    out, pos = {}, 0
-    while pos < len(buf):
-        space = buf.index(b" ", pos)
-        length = int(buf[pos:space])
-        key, _, value = buf[space + 1 : pos + length - 1].partition(b"=")
-        out[key.decode()] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return out
-
-
-def tar_members(stream, want: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of the regular files of an uncompressed tar stream, for names `want` accepts.
-
-    Reads each header with the standard library's parser and each wanted member with one read
-    (unwanted ones are skipped, by seeking where the stream allows). This framing is about 5x
-    faster than tarfile's stream mode, which re-buffers every member in 10 KiB pieces and was
-    the loader's bottleneck. Handles ustar, GNU long names and pax headers.
-    """
-    long_name: str | None = None
-    pax: dict[str, str] = {}
-    while True:
-        header = _read_exact(stream, tarfile.BLOCKSIZE)
-        if not header or header == _ZERO_BLOCK:
-            return  # end of archive
-        if len(header) < tarfile.BLOCKSIZE:
-            raise ValueError("truncated tar header")
-        try:
-            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as e:
-            raise ValueError(f"invalid tar header ({e})") from None
-        size = int(pax.get("size", info.size)) if info.type not in _META_TYPES else info.size
-        padding = -size % tarfile.BLOCKSIZE
-        if info.type in _META_TYPES:
-            data = _read_exact(stream, size + padding)[:size]
-            if info.type == tarfile.GNUTYPE_LONGNAME:
-                long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-            elif info.type == tarfile.XHDTYPE:
-                pax = _pax_records(data)
-            continue
-        name = pax.get("path", long_name or info.name)
-        long_name, pax = None, {}
-        if info.type not in tarfile.REGULAR_TYPES or not want(name):
-            _skip(stream, size + padding)
-            continue
-        data = _read_exact(stream, size)
-        if len(data) < size:
-            raise ValueError(f"truncated member {name}")
-        _skip(stream, padding)
-        yield name, data
-
-
-_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
-_META_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
-               tarfile.SOLARIS_XHDTYPE)
-
-
-class ShardReader:
-    """Iterates the samples of one shard URL as (index, raw sample dict), reading only the
-    members of samples for which `keep(index)` is true; `count` is the number of samples seen
-    (all of them once the iteration finished).
-
-    URLs are opened with WebDataset's `gopen` (local paths, `pipe:` commands, http, ...); members
-    are grouped into samples by WebDataset's key convention (`<key>.<ext>`).
-    """
-
-    def __init__(self, url: str, keep: Callable[[int], bool] = lambda i: True):
-        self.url = url
-        self.keep = keep
-        self.count = 0
-
-    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        from webdataset.gopen import gopen
-        from webdataset.tariterators import base_plus_ext
-
-        state = {"prefix": None, "index": -1}
-
-        def want(name: str) -> bool:
-            prefix, _ = base_plus_ext(name)
-            if prefix is None:
-                return False
-            if prefix != state["prefix"]:
-                state["prefix"] = prefix
-                state["index"] += 1
-                self.count = state["index"] + 1
-            return self.keep(state["index"])
-
-        try:
-            stream = gopen(self.url, "rb")
-        except Exception as e:  # gopen raises whatever the scheme's opener raises
-            raise DataError(f"{self.url}: cannot open shard ({e})") from None
-        current: dict[str, Any] | None = None
-        last_key: str | None = None
-        try:
-            for name, data in tar_members(stream, want):
-                prefix, suffix = base_plus_ext(name)
-                if current is not None and prefix != current["__key__"]:
-                    yield current.pop("__index__"), current
-                    current = None
-                if current is None:
-                    current = {"__key__": prefix, "__url__": self.url, "__index__": state["index"]}
-                    last_key = prefix
-                current[suffix.lower()] = data
-        except DataError:
-            raise
-        except Exception as e:
-            where = f"after key {last_key!r}" if last_key else "at the start"
-            raise DataError(f"{self.url}: unreadable tar data {where} ({e})") from None
-        finally:
-            try:
-                stream.close()
-            except Exception:
-                pass
-        if current is not None:
-            yield current.pop("__index__"), current
-
-
-def count_samples(url: str) -> int:
-    """Number of samples in a shard, reading tar headers only (data is skipped, not decoded)."""
-    reader = ShardReader(url, keep=lambda i: False)
-    for _ in reader:
-        pass
-    return reader.count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -627,14 +457,16 @@ def _rank_world() -> tuple[int, int]:
 def _manifest_counts(urls: list[str], manifest: Any) -> dict[str, int]:
     """Sample count per URL: from `manifest` by shard file name, else from the manifest.json
     beside each local shard."""
-    from ntire.data.shards import MANIFEST_NAME, Manifest, read_manifest
+    from ntire.data.shards import MANIFEST_NAME, ShardManifest, read_manifest
 
     counts: dict[str, int] = {}
     if manifest is not None:
-        by_name = (manifest if isinstance(manifest, Manifest) else read_manifest(manifest)).counts()
+        if not isinstance(manifest, ShardManifest):
+            manifest = read_manifest(manifest)
+        by_name = manifest.counts()
         for url in urls:
-            if shard_name(url) in by_name:
-                counts[url] = by_name[shard_name(url)]
+            if shard_file_name(url) in by_name:
+                counts[url] = by_name[shard_file_name(url)]
         return counts
     found: dict[Path, dict[str, int]] = {}
     for url in urls:
@@ -730,7 +562,7 @@ def train_batches(
             with the batches an uninterrupted run would have had.
         skip_bad_samples: log and count bad samples (`bad_samples`) instead of raising.
         augment: random flips and 90-degree rotations.
-        manifest: shard manifest (path, folder or Manifest) whose sample counts make skipping
+        manifest: shard manifest (path, folder or ShardManifest) whose sample counts make skipping
             ahead free; found automatically beside local shards. Without one, shards before the
             resume point are read once (headers only) to count their samples.
         rank, world_size: override torch.distributed / RANK, WORLD_SIZE (for tests and tools).
@@ -767,60 +599,3 @@ def train_batches(
         counts=_manifest_counts(urls, manifest), bad_counter=counter,
     )
     return TrainBatches(dataset, num_workers, counter)
-
-
-def validation_images(
-    root: str | os.PathLike,
-    *,
-    track: str,
-    scales: Iterable[int],
-    split: str = "valid",
-    indices: range | None = None,
-) -> list[tuple[str, int, np.ndarray, np.ndarray | None]]:
-    """Whole DIV2K images for scoring: (name, scale, LR, HR cropped to a multiple of scale).
-
-    Ordered by scale, then name. HR is None for the test split. Raises DataError naming the file
-    for a missing, unreadable or mis-sized image.
-    """
-    from ntire.data.layout import div2k_pairs
-
-    scales = tuple(scales)
-    pairs = div2k_pairs(root, split=split, track=track, scales=scales, indices=indices)
-    return _whole_images(pairs, scales)
-
-
-def benchmark_images(
-    root: str | os.PathLike, set_name: str, scales: Iterable[int]
-) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
-    """Whole images of a benchmark set (`benchmark/<Set>`), as validation_images."""
-    from ntire.data.layout import benchmark_pairs
-
-    scales = tuple(scales)
-    return _whole_images(benchmark_pairs(root, set_name, scales), scales)
-
-
-def _whole_images(pairs, scales) -> list[tuple[str, int, np.ndarray, np.ndarray | None]]:
-    from ntire.data.degrade import crop_to_multiple
-    from ntire.images import read_image
-
-    def read(path: Path) -> np.ndarray:
-        try:
-            return read_image(path)
-        except ImageError as e:
-            raise DataError(str(e)) from None
-
-    hrs = {p.name: None if p.hr is None else read(p.hr) for p in pairs}
-    out = []
-    for s in scales:
-        for pair in pairs:
-            lr = read(pair.lr[s])
-            hr = hrs[pair.name]
-            if hr is not None:
-                hr = crop_to_multiple(hr, s)
-                if lr.shape[:2] != (hr.shape[0] // s, hr.shape[1] // s):
-                    raise DataError(
-                        f"{pair.lr[s]}: LR size {lr.shape[1]}x{lr.shape[0]} is not HR size "
-                        f"{hr.shape[1]}x{hr.shape[0]} // {s}"
-                    )
-            out.append((pair.name, s, lr, hr))
-    return out

@@ -1,0 +1,191 @@
+"""Putting a track's submissions together: per scale, predict -> readme -> validated zip -> scores.
+
+`build_track` loads each scale's checkpoint as the manifest names it (it never trains one: a
+missing checkpoint is an error saying how to make it), runs it over the split's LR images
+(`ntire.submission.predict`), writes the readme and the zip (`ntire.submission.package`) and, on
+the valid split, scores the result (`ntire.submission.report`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ntire.errors import ConfigError
+from ntire.files import atomic_write_text
+from ntire.submission.manifest import ModelEntry, SubmissionManifest, find_checkpoint, resolve_self_ensemble
+from ntire.submission.package import (
+    README_NAME,
+    Readme,
+    describe,
+    expected_from_lr_files,
+    format_readme,
+    write_zip,
+)
+from ntire.submission.predict import PredictRecord, checkpoint_fingerprint, lr_inputs, predict
+from ntire.submission.report import SubmissionResult, score_bicubic, score_folder
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How `build_track` runs, beyond what the manifest says."""
+
+    out: Path
+    """Output folder (per track and scale subfolders, zips at its top)."""
+
+    device: str = "cpu"
+    """Torch device for inference (the command checks it with `ntire.options.resolve_device`)."""
+
+    self_ensemble: bool | None = None
+    """Force self-ensemble on or off for every entry (default: manifest, then paper)."""
+
+    compare: bool = True
+    """On the valid split, also run the other ensemble setting to report the gain."""
+
+    progress: bool = True
+    """Show progress bars."""
+
+    tile: int | None | Literal["manifest"] = "manifest"
+    """Override the manifest's tile size."""
+
+    batch_size: int | None = None
+    """Override the manifest's tiles per forward pass."""
+
+
+def build_track(
+    manifest: SubmissionManifest,
+    track: str,
+    *,
+    scales: tuple[int, ...] | None = None,
+    split: str | None = None,
+    data_root: Path,
+    options: RunOptions,
+) -> list[SubmissionResult]:
+    """Make, validate and zip the submissions of one track, one per scale (see module doc)."""
+    import torch
+
+    from ntire.models.checkpoint import load_model
+
+    plan = manifest.track(track)
+    split = split or manifest.split
+    if split not in ("test", "valid"):
+        raise ConfigError(f"split must be 'test' or 'valid', got {split!r}")
+    scales = tuple(scales) if scales else plan.scales
+    for s in scales:
+        if plan.entry_for(s) is None:
+            served = ", ".join(f"x{t}" for t in plan.scales)
+            raise ConfigError(f"manifest {manifest.name!r} serves no x{s} on the {track} track (it serves {served})")
+    # Every checkpoint is found before any inference, so a missing one fails in seconds.
+    checkpoints = {s: find_checkpoint(plan.entry_for(s), track) for s in scales}  # type: ignore[arg-type]
+    run = _Run(
+        track=track,
+        split=split,
+        out=options.out,
+        device=torch.device(options.device),
+        tile=manifest.tile if options.tile == "manifest" else options.tile,
+        batch=options.batch_size or manifest.batch_size,
+        compare=options.compare,
+        progress=options.progress,
+    )
+    results = []
+    models: dict[Path, tuple[Any, Any]] = {}  # one MDSR serving several scales is loaded once
+    for scale in scales:
+        checkpoint = checkpoints[scale]
+        if checkpoint not in models:
+            model, config = load_model(checkpoint, map_location="cpu")
+            models[checkpoint] = (model.eval().to(run.device), config)
+        model, config = models[checkpoint]
+        if scale not in config.scales:
+            raise ConfigError(
+                f"{checkpoint}: a {config.name} model for x{list(config.scales)}; the manifest asks it for x{scale}"
+            )
+        entry = plan.entry_for(scale)
+        assert entry is not None
+        ensemble = resolve_self_ensemble(entry, track, options.self_ensemble)
+        results.append(_build_scale(run, entry, checkpoint, model, config, scale, ensemble, data_root))
+    return results
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every scale of one `build_track` call shares."""
+
+    track: str
+    split: str
+    out: Path
+    device: Any
+    tile: int | None
+    batch: int
+    compare: bool
+    progress: bool
+
+    @property
+    def device_kind(self) -> str:
+        return "cpu" if self.device.type == "cpu" else "gpu"
+
+
+def _build_scale(
+    run: _Run, entry: ModelEntry, checkpoint: Path, model: Any, config: Any, scale: int, ensemble: bool, data_root: Path
+) -> SubmissionResult:
+    """One scale's submission: SR folder, readme, validated zip, and the valid split's scores."""
+    from ntire.inference import upscale_image
+    from ntire.models.build import count_parameters
+
+    inputs = lr_inputs(data_root, run.split, run.track, scale)
+    work = run.out / run.track / f"x{scale}"
+    fingerprint = checkpoint_fingerprint(checkpoint)
+
+    def predict_into(folder: str, with_ensemble: bool) -> PredictRecord:
+        setup = {"checkpoint": fingerprint, "self_ensemble": with_ensemble, "scale": scale, "device": run.device_kind}
+        return predict(
+            lambda lr: upscale_image(model, config, lr, scale=scale, tile=run.tile, self_ensemble=with_ensemble,
+                                     device=run.device, max_batch=run.batch),
+            inputs,
+            work / folder,
+            scale=scale,
+            setup=setup,
+            state_path=work / f"state-{folder}.json",
+            progress=run.progress,
+            desc=f"{run.track} x{scale}{'+' if with_ensemble else ''}",
+        )
+
+    record = predict_into("sr", ensemble)
+    readme = Readme(
+        runtime=record.runtime,
+        cpu=run.device_kind == "cpu",
+        extra_data=entry.extra_data,
+        description=describe(entry, checkpoint, config.name, count_parameters(model), ensemble),
+    )
+    atomic_write_text(work / "sr" / README_NAME, format_readme(readme))
+    expected = expected_from_lr_files([i.path for i in inputs], scale)
+    zip_path = write_zip(work / "sr", run.out / f"{run.track}_x{scale}.zip", expected)
+
+    scores = None
+    if run.split == "valid":
+        scores = {"bicubic": score_bicubic(inputs, scale)}
+        scores["model+" if ensemble else "model"] = score_folder(work / "sr", inputs, scale)
+        if run.compare:
+            # Into alt/, beside the zipped sr/: the gain column needs both settings.
+            predict_into("alt", not ensemble)
+            scores["model" if ensemble else "model+"] = score_folder(work / "alt", inputs, scale)
+        atomic_write_text(work / "scores.json", json.dumps(scores, indent=1))
+    return SubmissionResult(
+        track=run.track,
+        scale=scale,
+        zip_path=zip_path,
+        folder=work / "sr",
+        checkpoint=checkpoint,
+        model_name=config.name,
+        self_ensemble=ensemble,
+        n_images=len(inputs),
+        runtime=record.runtime,
+        done=record.done,
+        skipped=record.skipped,
+        device=str(run.device),
+        scores=scores,
+    )
+
+
+__all__ = ["RunOptions", "build_track"]

@@ -1,0 +1,182 @@
+"""`ntire submit` (build, --check, one-line errors) and `make submission`, which prepares the sample
+manifest's models with `ntire train` and then calls `ntire submit`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_submit_check_cli(tmp_path, built, dataset, capsys):
+    from ntire.__main__ import main
+
+    _, _, results = built
+    good = results["bicubic"][0].zip_path
+    assert main(["submit", "--check", str(good)]) == 0
+    assert "valid" in capsys.readouterr().out
+    lr_dir = dataset / "DIV2K" / "DIV2K_test_LR_bicubic" / "X2"
+    assert main(["submit", "--check", str(good), "--lr", str(lr_dir)]) == 0
+    # The x3 zip against the x2 LR folder: wrong names and sizes, each reported.
+    assert main(["submit", "--check", str(results["bicubic"][1].zip_path), "--lr", str(lr_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "0901x2.png: missing" in err and "0901x3.png: extra image" in err
+
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(broken, "w") as dst:
+        for name in src.namelist():
+            if name != "0901x2.png":
+                dst.writestr(name, src.read(name))
+    assert main(["submit", "--check", str(broken), "--lr", str(lr_dir)]) == 1
+    assert "0901x2.png: missing" in capsys.readouterr().err
+
+
+def test_check_without_the_lr_sizes_is_not_called_valid(tmp_path, built, capsys):
+    from ntire.__main__ import main
+
+    _, _, results = built
+    good = results["bicubic"][0].zip_path
+    # A zip missing an image, with no inputs record beside it and no --lr: sizes and count unknown.
+    lone = tmp_path / "lone" / good.name
+    lone.parent.mkdir()
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(lone, "w") as dst:
+        pngs = [n for n in src.namelist() if n.endswith(".png")]
+        for name in src.namelist():
+            if name != pngs[0]:
+                dst.writestr(name, src.read(name))
+    assert main(["submit", "--check", str(lone)]) == 1
+    err = capsys.readouterr().err
+    assert "NOT FULLY CHECKED" in err and "sizes and count not checked" in err and "--partial" in err
+    assert main(["submit", "--check", str(lone), "--partial"]) == 0
+    assert "valid as far as checked" in capsys.readouterr().out
+    # A --lr folder that does not exist is named as missing.
+    assert main(["submit", "--check", str(lone), "--lr", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such folder" in capsys.readouterr().err
+
+
+def test_submit_cli_builds_from_manifest_without_mlflow(tmp_path, write_manifest, capsys, monkeypatch):
+    from ntire.__main__ import main
+
+    manifest = write_manifest(tmp_path)
+    out = tmp_path / "out"
+    argv = ["submit", "--manifest", str(manifest), "--track", "unknown", "--scales", "2", "--split", "valid"]
+    argv += ["--out", str(out), "--device", "cpu", "--no-progress"]
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if mlflow were not installed
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "unknown" in captured.out and "x2" in captured.out and "bicubic" in captured.out
+    assert "not installed" in captured.err and "not logged" in captured.err
+    assert (out / "unknown_x2.zip").is_file()
+    assert (out / "unknown-report" / "results.json").is_file()
+
+
+def test_submit_cli_missing_checkpoint_is_one_line_and_nothing_is_built(tmp_path, write_manifest, capsys):
+    from ntire.__main__ import main
+
+    manifest = write_manifest(tmp_path)
+    data = yaml.safe_load(manifest.read_text())
+    missing = tmp_path / "runs" / "mdsr" / "model"
+    data["unknown"]["models"][1].update(checkpoint=str(missing), made_by="ntire train --config mdsr")
+    manifest.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    # x2 would build, but x3's checkpoint is missing: the command stops before any work.
+    argv = ["submit", "--manifest", str(manifest), "--track", "unknown", "--out", str(out)]
+    argv += ["--no-progress", "--no-mlflow"]
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [
+        f"ntire submit: error: {missing}: checkpoint not found (unknown x3/x4); "
+        "make it with `ntire train --config mdsr`"
+    ]
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv", [["--device", "foo"], ["--tile", "0"], ["--max-batch", "-1"]])
+def test_submit_bad_option_is_one_line(tmp_path, argv):
+    run = subprocess.run([sys.executable, "-m", "ntire", "submit", *argv], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 2, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in run.stderr and not run.stdout
+    if argv[0] == "--device":
+        assert len(lines) == 1 and lines[0].startswith("ntire submit: error: --device foo: not a torch device"), lines
+    else:
+        assert lines[-1].endswith(f"argument {argv[0]}: expected a positive integer, got {argv[1]!r}"), lines
+
+
+# ---------------------------------------------------------------------------------------------
+# make submission
+
+
+def _make(*args: str) -> list[str]:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    # --no-print-directory: under `make test` (CI) this make is a sub-make, which would add
+    # "Entering/Leaving directory" lines around its output.
+    run = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
+                         check=True)
+    return run.stdout.splitlines()
+
+
+def _index(lines: list[str], needle: str) -> int:
+    found = [i for i, line in enumerate(lines) if needle in line]
+    assert found, f"{needle!r} not in:\n" + "\n".join(lines)
+    return found[0]
+
+
+def test_make_submission_target_calls_ntire_submit():
+    out = "\n".join(_make("submission", "TRACK=unknown", "SCALES=3 4", "SPLIT=valid", "DATA=/d", "MANIFEST=m.yaml"))
+    assert "-m ntire submit --manifest m.yaml --track unknown --scales 3 4 --split valid --data /d" in out
+    default = "\n".join(_make("submission"))
+    assert "-m ntire submit --manifest submissions/sample.yaml --track bicubic" in default
+    assert "--scales" not in default and "--split" not in default
+
+
+SAMPLE_MODEL = "runs/submissions/sample-models/mdsr-tiny-{track}/model"
+
+
+@pytest.mark.parametrize("track", ["bicubic", "unknown"])
+def test_make_submission_prepares_the_sample_models_then_submits(track):
+    # -B: as on a fresh clone, whatever this checkout has already trained (the venv steps show too).
+    lines = _make("-B", "submission", f"TRACK={track}")
+    data = _index(lines, "-m ntire data sample --out data/sample")
+    train = _index(lines, "-m ntire train --config submissions/train/sample_mdsr.yaml")
+    submit = _index(lines, "-m ntire submit --manifest submissions/sample.yaml")
+    assert data < train < submit
+    assert f"--track {track} --output-dir {SAMPLE_MODEL.format(track=track).removesuffix('/model')}" in lines[train]
+    assert lines[submit].split().count("--track") == 1 and f"--track {track}" in lines[submit]
+    # What make trains is what the manifest reads.
+    from ntire.submission.manifest import load_manifest
+
+    served = load_manifest(REPO / "submissions" / "sample.yaml").track(track)
+    assert all(SAMPLE_MODEL.format(track=track) in e.candidates for e in served.models)
+
+
+def test_make_submission_skips_a_sample_model_that_exists():
+    done = f"{SAMPLE_MODEL.format(track='unknown')}/config.yaml"
+    lines = _make("submission", "TRACK=unknown", "-o", done)  # -o: as if it were there
+    assert not any("ntire train" in line or "ntire data" in line for line in lines), lines
+    assert any("-m ntire submit --manifest submissions/sample.yaml --track unknown" in line for line in lines)
+
+
+def test_make_submission_prepares_nothing_for_another_manifest():
+    lines = _make("-B", "submission", "MANIFEST=submissions/div2k.yaml", "TRACK=unknown")
+    assert not any("ntire train" in line or "ntire data" in line for line in lines), lines
+    assert "-m ntire submit --manifest submissions/div2k.yaml --track unknown" in lines[-1]
+
+
+def test_sample_model_config_is_the_old_quick_model():
+    from ntire.config import build_config
+
+    config = build_config(REPO / "submissions" / "train" / "sample_mdsr.yaml")
+    model = config.model
+    assert (model.kind, model.scales, model.n_blocks, model.n_feats) == ("mdsr", (2, 3, 4), 4, 16)
+    assert (config.max_steps, config.data.patch_size, config.data.batch_size, config.optim.lr) == (200, 24, 8, 5e-4)
+    assert config.data.source == "data/sample" and config.tracking.enabled is False
