@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,37 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         raise ImageError(f"{folder}: not a folder")
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def plan_outputs(src: Path, dst: Path, out_name: Callable[[Path], str]) -> list[tuple[Path, Path]]:
+    """(input, output) pairs for a command that maps image files to PNGs: SRC a file (DST a
+    `.png` path or an existing folder) or a folder of images (DST a folder); `out_name(input)`
+    names each output. Refuses, naming the paths, any plan that would overwrite an input or write
+    two inputs to one output."""
+    src, dst = Path(src), Path(dst)
+    if src.is_dir():
+        if dst.exists() and not dst.is_dir():
+            raise ImageError(f"{dst}: SRC {src} is a folder, so DST must be a folder")
+        if dst.resolve() == src.resolve():
+            raise ImageError(f"{dst}: DST is the input folder; writing there would overwrite inputs, pick another")
+        files = list_images(src)
+        if not files:
+            raise ImageError(f"{src}: no images found in this folder")
+        jobs = [(f, dst / out_name(f)) for f in files]
+        by_output: dict[Path, Path] = {}
+        for f, out in jobs:
+            if out in by_output:
+                raise ImageError(f"{by_output[out]} and {f} would both be written to {out}")
+            by_output[out] = f
+        return jobs
+    if not src.is_file():
+        raise ImageError(f"{src}: no such file or folder")
+    out = dst / out_name(src) if dst.is_dir() else dst
+    if out.suffix.lower() != ".png":
+        raise ImageError(f"{dst}: output is written as PNG; name it *.png or give an existing folder")
+    if out.resolve() == src.resolve():
+        raise ImageError(f"{out}: would overwrite the input; pick another DST")
+    return [(src, out)]
 
 
 def image_to_tensor(image: np.ndarray):

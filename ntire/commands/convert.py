@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 HELP = "convert a released EDSR/MDSR .pt file into an ntire checkpoint folder (safetensors + config)"
@@ -19,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ntire.errors import CheckpointError
+    from ntire.files import sha256_file
     from ntire.models.build import count_parameters, receptive_field_radius
     from ntire.models.checkpoint import WEIGHTS_NAME, load_model, save_model
     from ntire.models.official import load_released
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     metadata = {
         "source": str(args.src.resolve()),
-        "source_sha256": _sha256(args.src),
+        "source_sha256": sha256_file(args.src),
         "converted_by": "ntire convert",
     }
     save_model(args.dst, model, config, metadata)
@@ -49,11 +49,3 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{args.dst}: the written checkpoint does not read back identical")
     print(f"wrote {args.dst / WEIGHTS_NAME} and config.yaml")
     return 0
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

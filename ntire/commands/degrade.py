@@ -38,12 +38,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ntire.data.degrade import UNKNOWN_BLUR, degrade
     from ntire.errors import ConfigError, NtireError
-    from ntire.images import read_image, write_png
+    from ntire.images import plan_outputs, read_image, write_png
 
     if args.track == "unknown" and args.scale not in UNKNOWN_BLUR:
         known = ", ".join(str(s) for s in sorted(UNKNOWN_BLUR))
         raise ConfigError(f"--scale {args.scale}: the unknown-track stand-in is defined for scales {known}")
-    jobs = _plan(args.src, args.dst, args.scale)
+    jobs = plan_outputs(args.src, args.dst, lambda f: f"{f.stem}x{args.scale}.png")
     # disable=None: a bar on a terminal only, and none for a single file.
     desc = f"degrade {args.track} x{args.scale}"
     progress = tqdm(jobs, unit="image", desc=desc, disable=None if len(jobs) > 1 else True)
@@ -57,33 +57,3 @@ def run(args: argparse.Namespace) -> int:
     where = jobs[0][1] if len(jobs) == 1 else args.dst
     print(f"degraded {len(jobs)} image(s) ({args.track}, x{args.scale}) -> {where}")
     return 0
-
-
-def _plan(src: Path, dst: Path, scale: int) -> list[tuple[Path, Path]]:
-    """(input, output) pairs; refuses outputs that would overwrite an input or each other."""
-    from ntire.errors import ImageError
-    from ntire.images import list_images
-
-    if src.is_dir():
-        if dst.exists() and not dst.is_dir():
-            raise ImageError(f"{dst}: SRC {src} is a folder, so DST must be a folder")
-        if dst.resolve() == src.resolve():
-            raise ImageError(f"{dst}: DST is the input folder; write the LR images to another folder")
-        files = list_images(src)
-        if not files:
-            raise ImageError(f"{src}: no images found in this folder")
-        jobs = [(f, dst / f"{f.stem}x{scale}.png") for f in files]
-        seen: dict[Path, Path] = {}
-        for f, out in jobs:
-            if out in seen:
-                raise ImageError(f"{seen[out]} and {f} would both be written to {out}")
-            seen[out] = f
-        return jobs
-    if not src.is_file():
-        raise ImageError(f"{src}: no such file or folder")
-    out = dst / f"{src.stem}x{scale}.png" if dst.is_dir() else dst
-    if out.suffix.lower() != ".png":
-        raise ImageError(f"{dst}: output is written as PNG; name it *.png or give an existing folder")
-    if out.resolve() == src.resolve():
-        raise ImageError(f"{out}: would overwrite the input; pick another DST")
-    return [(src, out)]

@@ -56,13 +56,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ntire.errors import ConfigError
     from ntire.files import remove_stale_temp_files
-    from ntire.images import read_image, write_png
+    from ntire.images import plan_outputs, read_image, write_png
     from ntire.inference import upscale_image
     from ntire.models.checkpoint import load_model
     from ntire.options import resolve_device
 
     device = resolve_device(args.device)
-    jobs = _plan(args.src, args.dst)
+    jobs = plan_outputs(args.src, args.dst, lambda f: f"{f.stem}.png")
     for folder in {dst.parent for _, dst in jobs}:  # debris of a killed earlier run
         remove_stale_temp_files(folder, [dst.name for _, dst in jobs if dst.parent == folder])
 
@@ -96,33 +96,3 @@ def run(args: argparse.Namespace) -> int:
     where = jobs[0][1] if len(jobs) == 1 else args.dst
     print(f"upscaled {len(jobs)} image(s) x{args.scale} with {config.name} -> {where}")
     return 0
-
-
-def _plan(src: Path, dst: Path) -> list[tuple[Path, Path]]:
-    """(input, output) pairs; refuses anything that would overwrite an input or another output."""
-    from ntire.errors import ImageError
-    from ntire.images import list_images
-
-    if src.is_dir():
-        if dst.exists() and not dst.is_dir():
-            raise ImageError(f"{dst}: SRC is a folder, so DST must be a folder")
-        files = list_images(src)
-        if not files:
-            raise ImageError(f"{src}: no images found")
-        if dst.resolve() == src.resolve():
-            raise ImageError(f"{dst}: writing into the input folder would overwrite inputs; pick another DST")
-        jobs = [(f, dst / f"{f.stem}.png") for f in files]
-        by_output: dict[Path, Path] = {}
-        for f, out in jobs:
-            if out in by_output:
-                raise ImageError(f"{by_output[out]} and {f} would both be written to {out}")
-            by_output[out] = f
-        return jobs
-    if not src.is_file():
-        raise ImageError(f"{src}: no such file or folder")
-    out = dst / f"{src.stem}.png" if dst.is_dir() else dst
-    if out.suffix.lower() != ".png":
-        raise ImageError(f"{dst}: output is written as PNG; name it *.png or give an existing folder")
-    if out.resolve() == src.resolve():
-        raise ImageError(f"{out}: would overwrite the input; pick another DST")
-    return [(src, out)]

@@ -33,7 +33,7 @@ import numpy as np
 
 from ntire.data.layout import ImagePair, image_size
 from ntire.errors import DataError, ImageError
-from ntire.files import atomic_path, atomic_write_text
+from ntire.files import atomic_path, atomic_write_text, sha256_file
 from ntire.images import encode_png, read_image
 
 ENCODINGS = ("npy", "png")
@@ -365,16 +365,13 @@ class _ShardSink:
         self._writer.close()
         self._file.close()
         tmp = Path(self._file.name)
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        sha256 = sha256_file(tmp)
         size = tmp.stat().st_size
         ctx, self._ctx, self._writer = self._ctx, None, None
         ctx.__exit__(None, None, None)
         name = SHARD_PATTERN.format(self.index)
         keys = self._keys
-        self.on_done(ShardInfo(name, len(keys), size, digest.hexdigest(), keys[0], keys[-1]))
+        self.on_done(ShardInfo(name, len(keys), size, sha256, keys[0], keys[-1]))
         self.index += 1
 
     def abort(self) -> None:
@@ -559,7 +556,7 @@ def _still_valid(out_dir: Path, shards: list[ShardInfo], say: Callable[[str], No
             say(f"{path}: {st.st_size} bytes, {s.bytes} recorded (truncated?); rewriting it and the shards after it")
             break
         stamp = [st.st_size, st.st_mtime_ns, s.sha256]
-        if verified.get(s.name) != stamp and _sha256(path) != s.sha256:
+        if verified.get(s.name) != stamp and sha256_file(path) != s.sha256:
             say(f"{path}: sha256 differs from the manifest; rewriting it and the shards after it")
             break
         seen[s.name] = stamp
@@ -567,14 +564,6 @@ def _still_valid(out_dir: Path, shards: list[ShardInfo], say: Callable[[str], No
     if seen != verified:
         atomic_write_text(verified_path, json.dumps(seen) + "\n")
     return kept
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_shards(shard_dir: str | os.PathLike) -> ShardManifest:
@@ -587,7 +576,7 @@ def verify_shards(shard_dir: str | os.PathLike) -> ShardManifest:
         path = shard_dir / s.name
         if not path.is_file():
             raise DataError(f"{path}: shard missing")
-        if _sha256(path) != s.sha256:
+        if sha256_file(path) != s.sha256:
             raise DataError(f"{path}: sha256 differs from the manifest; the shard is corrupt")
     return manifest
 

@@ -85,10 +85,14 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint folder")
     if not state_file.is_file():
         raise CheckpointError(f"{path}: incomplete checkpoint (no {STATE_FILE}); resume from another one")
+    from ntire.config import read_yaml
+    from ntire.errors import ConfigError
+
     try:
-        data = yaml.safe_load(state_file.read_text())
-        return Checkpoint(path, TrainState(**data))
-    except (OSError, yaml.YAMLError, TypeError) as e:
+        return Checkpoint(path, TrainState(**read_yaml(state_file, "a training state")))
+    except ConfigError as e:
+        raise CheckpointError(f"unreadable training state: {e}") from None
+    except TypeError as e:
         raise CheckpointError(f"{state_file}: unreadable training state ({e})") from None
 
 
