@@ -50,6 +50,8 @@ class Job:
     compare: Callable[[Path, Path], list[str]]
     """Problems of the result folder (second) against the reference (first); [] when equal."""
     kills: int = 0
+    mid_write: int = 0
+    """Kills that landed after the job had written something in that run (not during start-up)."""
     runs: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -97,12 +99,14 @@ def soak(job: Job, work: Path, kills: int, rng: random.Random, startup: float) -
                                 cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
                                                "MKL_NUM_THREADS": "1"})
         job.runs += 1
+        began = time.time()
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             job.kills += 1
+            job.mid_write += any(p.stat().st_mtime > began for p in result.rglob("*")) if result.exists() else 0
             continue
         if proc.returncode == 0:
             # Finished before the kill: start over from scratch so later kills land mid-job again.
@@ -132,8 +136,8 @@ def build_jobs(work: Path) -> list[Job]:
         raise SystemExit(f"cannot train the soak's model: {trained.stderr}")
 
     def train(out: Path) -> list[str]:
-        return ntire("train", "--data", str(data), "--output-dir", str(out), "--max-steps", "16",
-                     "--save-every", "2", "--eval-every", "8", "--batch-size", "4", "--patch-size", "16",
+        return ntire("train", "--data", str(data), "--output-dir", str(out), "--max-steps", "24",
+                     "--save-every", "3", "--eval-every", "12", "--batch-size", "4", "--patch-size", "16",
                      "--num-workers", "0", "--set", "log_every=1", "--seed", "3", "--no-tracking",
                      "--no-progress", "--resume", "auto", "--keep-last", "2", *TINY)
 
@@ -238,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         soak(job, work, args.kills, rng, startup)
         status = "ok" if not job.problems else "; ".join(job.problems[:5])
-        print(f"  {job.name:8s} {job.kills:3d} kills, {job.runs:3d} runs, {time.perf_counter() - t:6.1f} s: {status}",
-              flush=True)
+        print(f"  {job.name:8s} {job.kills:3d} kills ({job.mid_write} after it had written), {job.runs:3d} runs, "
+              f"{time.perf_counter() - t:6.1f} s: {status}", flush=True)
     kills = sum(j.kills for j in jobs)
     lost = sum(len(j.problems) for j in jobs)
     print(f"{kills} kills, {len(jobs)} jobs, {lost} lost/corrupt/stale ({time.perf_counter() - started:.0f} s)")

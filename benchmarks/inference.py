@@ -14,6 +14,11 @@ pass would take many minutes, so the inputs are smaller (printed) and tiles run 
 EDSR baseline on 510x339 (the x4 LR of a DIV2K image) in tiles of 256, EDSR on 128x85, where its
 overlap (the receptive-field radius, 68 LR pixels) makes each of the 2 windows span the whole
 image, so that row shows only exactness and the price of tiling a small image.
+
+Each configuration also prints what ntire's memory model (`ntire.inference.estimate_memory`,
+without its safety factor) predicts for it, beside the measured peak, and what `--tile auto` (the
+default of `ntire upscale`, the benchmark and the submission builder) would choose for that input
+with the memory free in the child at that point: the check of the model on real hardware.
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ class Case:
     """LR input width."""
     height: int
     """LR input height."""
-    tile: int | None
-    """Tile size in LR pixels, or None for the whole image."""
+    tile: int | str | None
+    """Tile size in LR pixels, None for the whole image, or "auto" (ntire.inference.plan_tiles)."""
     self_ensemble: bool
     max_batch: int
     device: str
@@ -80,7 +85,7 @@ def child(case: Case) -> dict:
     import torch
 
     from ntire.config import ModelConfig
-    from ntire.inference import upscale_tensor
+    from ntire.inference import estimate_memory, format_bytes, free_memory, plan_tiles, upscale_tensor
     from ntire.models.build import build_model
 
     config = ModelConfig.preset(case.model, scales=case.scale)
@@ -101,6 +106,14 @@ def child(case: Case) -> dict:
         )
 
     run(x[..., :48, :48])  # warm-up: kernel selection, allocator, lazy init
+    free = free_memory(case.device)
+    plan = plan_tiles(config, case.scale, case.height, case.width, budget=free, max_batch=case.max_batch,
+                      self_ensemble=case.self_ensemble)
+    tile, batch = (plan.tile, plan.max_batch) if case.tile == "auto" else (case.tile, case.max_batch)
+    modelled = estimate_memory(config, case.scale, case.height, case.width, tile=tile, max_batch=batch,
+                               self_ensemble=case.self_ensemble, safety=1)
+    auto = "whole image" if plan.tile is None else f"tiles of {plan.tile}, {plan.max_batch} per pass"
+    auto += f" (needs ~{format_bytes(plan.needed)} with the safety factor; {format_bytes(free)} free)"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -119,6 +132,8 @@ def child(case: Case) -> dict:
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "peak_mb": (peak - before) / 2**20,
+        "model_mb": modelled / 2**20,
+        "auto": auto,
         "threads": torch.get_num_threads(),
     }
 
@@ -165,7 +180,8 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if cuda else f"CPU ({os.cpu_count()} cores)"
     memory = "CUDA max_memory_allocated" if cuda else "peak RSS (ru_maxrss)"
     print(f"ntire inference benchmark on {where}; float32, random weights, one timed pass each")
-    print(f"memory: {memory} above the level with model and input loaded")
+    print(f"memory: {memory} above the level with model and input loaded; "
+          "model: ntire.inference.estimate_memory without its safety factor")
     if not cuda:
         print("CPU run: inputs are smaller than DIV2K's 2040x1356 (sizes below) to keep it to minutes")
         print("time ratios use CPU seconds (user + system), which a busy shared machine disturbs less than wall time")
@@ -182,7 +198,7 @@ def main() -> None:
             a, b = measure(base, args.threads), measure(other, args.threads)
             ya, yb = torch.load(base.output), torch.load(other.output)
             print(f"\n{label} ({a['threads']} threads)")
-            if other.tile is not None:
+            if isinstance(other.tile, int):
                 overlap = receptive_field_radius(ModelConfig.preset(other.model, scales=other.scale))
                 n, wh, ww = tile_layout(other.height, other.width, other.tile, overlap)
                 work = n * wh * ww / (other.height * other.width)
@@ -193,11 +209,12 @@ def main() -> None:
             for case, r in ((base, a), (other, b)):
                 line = f"  {_name(case):<20} {r['seconds']:8.2f} s wall"
                 line += "" if cuda else f" {r['cpu_seconds']:8.2f} s CPU"
-                line += f" {r['peak_mb']:9.1f} MB"
+                line += f" {r['peak_mb']:9.1f} MB (model {r['model_mb']:.1f} MB)"
                 if case is other:
                     key = "seconds" if cuda else "cpu_seconds"
                     line += f"   time x{r[key] / a[key]:.2f}, memory x{_ratio(r['peak_mb'], a['peak_mb'])}"
                 print(line)
+            print(f"  --tile auto here: {b['auto']}")
             if not other.self_ensemble:
                 diff = (ya - yb).abs().max().item()
                 changed = (_to_uint8(ya) != _to_uint8(yb)).sum().item()
@@ -208,7 +225,7 @@ def main() -> None:
 def _name(case: Case) -> str:
     if case.self_ensemble:
         return "self-ensemble (x8)"
-    return "whole image" if case.tile is None else f"tiled {case.tile}"
+    return "whole image" if case.tile is None else "auto" if case.tile == "auto" else f"tiled {case.tile}"
 
 
 def _ratio(a: float, b: float) -> str:

@@ -6,7 +6,20 @@ import argparse
 import sys
 
 from ntire import __version__
-from ntire.commands import benchmark, convert, data, degrade, demo, evaluate, submit, train, tune, upscale
+from ntire.commands import (
+    benchmark,
+    compare,
+    convert,
+    data,
+    degrade,
+    demo,
+    evaluate,
+    export,
+    submit,
+    train,
+    tune,
+    upscale,
+)
 from ntire.errors import NtireError, say_on_own_line
 
 # name -> module with HELP, add_arguments(parser), run(args). Keep in the order a user meets them.
@@ -18,7 +31,9 @@ COMMANDS: dict = {
     "tune": tune,
     "upscale": upscale,
     "evaluate": evaluate,
+    "compare": compare,
     "convert": convert,
+    "export": export,
     "submit": submit,
     "benchmark": benchmark,
 }

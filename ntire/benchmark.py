@@ -6,6 +6,10 @@ validation (0801-0900) on RGB with `scale + 6` ignored. SR output is rounded to 
 is scored, and the HR image is cropped to the SR size (top-left, MATLAB's modcrop) where the set's
 HR sizes are not multiples of the scale.
 
+With figures (`write_figures`), each (set, scale) also gets a paper-style comparison figure
+(ntire.figures) of its worst and best image by the model's PSNR gain over bicubic, written beside
+table3.md and listed in it.
+
 Layout under `root` (ntire.data.layout): `benchmark/<Set>/HR`, `benchmark/<Set>/LR_bicubic/X<s>`,
 and `DIV2K/DIV2K_valid_HR`, `DIV2K/DIV2K_valid_LR_bicubic/X<s>`.
 """
@@ -65,6 +69,24 @@ class Row:
 
 
 @dataclass
+class Figure:
+    """A comparison figure written beside table3.md for one image of one (set, scale)."""
+
+    set_name: str
+    scale: int
+    kind: str
+    """`worst` or `best` by the model's PSNR gain over bicubic (`only` for a one-image set)."""
+    image: str
+    """The image's name."""
+    gain: float
+    """Model PSNR minus bicubic PSNR on the whole image, dB."""
+    file: str
+    """The PNG's file name, in the report folder."""
+    box: str
+    """The box shown, `x,y,w,h` in HR pixels."""
+
+
+@dataclass
 class Report:
     """A Table 3 for one model (one checkpoint per scale, or one MDSR for all)."""
 
@@ -79,6 +101,9 @@ class Report:
 
     rows: list[Row]
     """One row per (set, scale), sets in the order asked, scales ascending."""
+
+    figures: list[Figure] = field(default_factory=list)
+    """Comparison figures written beside the table (see `write_figures`); empty without."""
 
 
 def available_sets(root: str | os.PathLike) -> list[str]:
@@ -208,6 +233,83 @@ def run_benchmark(
     )
 
 
+def extreme_images(row: Row) -> list[tuple[str, str, float]]:
+    """[(kind, image name, gain)] for the worst and the best image of `row` by the model's PSNR gain
+    over bicubic (one `only` entry for a one-image set; none without model scores)."""
+    gains = {}
+    for name, scores in row.per_image.items():
+        if "model" in scores:
+            gain = scores["model"]["psnr"] - scores["bicubic"]["psnr"]
+            gains[name] = gain if math.isfinite(gain) else 0.0
+    if not gains:
+        return []
+    worst, best = min(gains, key=gains.__getitem__), max(gains, key=gains.__getitem__)
+    if worst == best:
+        return [("only", worst, gains[worst])]
+    return [("worst", worst, gains[worst]), ("best", best, gains[best])]
+
+
+def figure_file(set_name: str, scale: int, kind: str, image: str) -> str:
+    """`Set5_x2_best_baby.png`."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in image)
+    return f"{set_name}_x{scale}_{kind}_{safe}.png"
+
+
+def write_figures(
+    report: Report,
+    models: dict[int, tuple[Any, Any, str]],
+    out_dir: str | os.PathLike,
+    *,
+    self_ensemble: bool,
+    tile: int | None = None,
+    device: Any = "cpu",
+    max_batch: int = 4,
+    box_size: int = 96,
+) -> list[Figure]:
+    """Write the comparison figure of each row's worst and best image (`extreme_images`) to
+    `out_dir` and record them in `report.figures` (which `format_markdown` then lists).
+
+    Each figure (ntire.figures.comparison_figure) shows the HR image with the box where the model
+    differs most from bicubic, then the box's HR, bicubic, model and (with `self_ensemble`) model+
+    crops, each labelled with the box's and the whole image's PSNR/SSIM under the row's protocol.
+    The two images are read and super-resolved again (the scoring pass keeps no images).
+    """
+    from ntire.data.degrade import bicubic_upscale
+    from ntire.figures import comparison_figure, model_label
+    from ntire.images import read_image, write_png
+    from ntire.inference import upscale_image
+
+    out_dir = Path(out_dir)
+    figures = []
+    for row in report.rows:
+        extremes = extreme_images(row)
+        if not extremes:
+            continue
+        net, config, _ = models[row.scale]
+        pairs = {p.name: p for p in set_pairs(report.root, row.set_name, row.scale)[0]}
+        for kind, name, gain in extremes:
+            pair = pairs[name]
+            lr = read_image(pair.lr[row.scale])
+            methods = []
+            for plus in (False, True) if self_ensemble else (False,):
+                sr = upscale_image(net, config, lr, scale=row.scale, tile=tile, self_ensemble=plus, device=device,
+                                   max_batch=max_batch)
+                methods.append((model_label(config.name, scale=row.scale, plus=plus), sr))
+            hr = read_image(pair.hr)[: sr.shape[0], : sr.shape[1]]  # modcrop, as scored
+            set_label = "DIV2K val" if row.set_name == DIV2K_SET else row.set_name
+            title = (f"{set_label} x{row.scale}, {kind} image by {model_label(config.name)}'s PSNR gain over "
+                     f"bicubic: {name} ({gain:+.2f} dB)")
+            picture, box = comparison_figure(
+                hr, bicubic_upscale(lr, row.scale), methods, scale=row.scale, protocol=row.protocol,
+                box_size=box_size, name=f"{set_label} {name}", title=title,
+            )
+            file = figure_file(row.set_name, row.scale, kind, name)
+            write_png(out_dir / file, picture)
+            figures.append(Figure(row.set_name, row.scale, kind, name, gain, file, str(box)))
+    report.figures = figures
+    return figures
+
+
 def _cell(s: dict[str, float] | None) -> str:
     if s is None:
         return "-"
@@ -237,6 +339,21 @@ def format_markdown(report: Report) -> str:
         + ("; + is geometric self-ensemble x8" if plus else "") + ".",
         f"Checkpoints: {checkpoints}. Data: `{report.root}`.",
     ]
+    if report.figures:
+        footer += [
+            "",
+            "Figures: the worst and best image of each set by the model's PSNR gain over bicubic; each shows the "
+            "HR image with a box (where the model differs most from bicubic), then the box's HR, bicubic and "
+            "model crops, labelled with the box's and the whole image's PSNR/SSIM.",
+            "",
+        ]
+        by_row: dict[tuple[str, int], list[Figure]] = {}
+        for f in report.figures:
+            by_row.setdefault((f.set_name, f.scale), []).append(f)
+        for (set_name, scale), figures in by_row.items():
+            name = "DIV2K val" if set_name == DIV2K_SET else set_name
+            cells = [f"{f.kind} `{f.image}` ({f.gain:+.2f} dB): [{f.file}]({f.file})" for f in figures]
+            footer.append(f"- {name} x{scale}: " + "; ".join(cells))
     return "\n".join(lines + footer) + "\n"
 
 
@@ -278,15 +395,19 @@ def report_metrics(report: Report) -> dict[str, float]:
 
 __all__ = [
     "DIV2K_SET",
+    "Figure",
     "Report",
     "Row",
     "TABLE3_SETS",
     "available_sets",
+    "extreme_images",
+    "figure_file",
     "format_markdown",
     "report_metrics",
     "report_to_json",
     "run_benchmark",
     "score_set",
     "set_pairs",
+    "write_figures",
     "write_report",
 ]

@@ -10,11 +10,18 @@ with its scale bound, e.g. `lambda t: model(t, scale)`), and run everything on t
   in a whole-image pass (the zero padding at a tile's edge lies beyond what it can reach, and the
   image's own border is still the border), so the stitched result equals the whole-image output up
   to float rounding, while memory grows with the tile, not the image.
+- `plan_tiles` chooses the tile for `tile="auto"` (the default of `upscale_tensor`/`upscale_image`,
+  hence of `ntire upscale`, the benchmark and the submission builder): the whole image if it fits
+  the memory free on the device, else the largest tile that does, by a memory model of the network
+  (`activation_bytes_per_pixel`, `estimate_memory`) rather than by trying. `NTIRE_MEMORY_BUDGET`
+  (e.g. `2G`) or a `memory_budget=` argument replaces the measured free memory.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ntire.config import ModelConfig
+from ntire.errors import ConfigError
 from ntire.models.build import receptive_field_radius
 
 Forward = Callable[[Tensor], Tensor]
@@ -206,6 +214,268 @@ def _check_batch(x: Tensor) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Choosing the tile: a memory model of the network and the memory actually free
+
+Tile = int | str | None
+"""A tile request: `"auto"` (the largest that fits the free memory; the whole image when it
+fits), None or 0 (the whole image), or N (cores of at most N x N LR pixels)."""
+
+MEMORY_BUDGET_ENV = "NTIRE_MEMORY_BUDGET"
+"""Environment variable that replaces the measured free memory for `tile="auto"`: bytes, or a
+number with a binary unit (`512M`, `1.5G`, `2GiB`). For tests, and for sharing a device."""
+
+SAFETY_FACTOR = 1.5
+"""The estimate's margin over the tensors the model counts: convolution workspaces (cuDNN,
+oneDNN), allocator rounding and fragmentation. On CPU the resident-set growth of a forward pass
+measures 1.1-1.25x the counted tensors."""
+
+TILE_STEP = 8
+"""Auto-chosen tiles are multiples of this many LR pixels."""
+
+MIN_TILE_OVERLAPS = 2
+"""The smallest auto-chosen tile is this many overlaps (receptive-field radii): below that a
+window is mostly context, and tiling costs more compute than it saves memory (a core of 2r in
+a window of 4r already does 4x the work). `--tile N` still forces any size."""
+
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+"""What `free_memory` assumes when the device cannot say (an unknown backend; a CPU without
+psutil or /proc/meminfo)."""
+
+
+class MemoryBudgetError(ConfigError):
+    """Not even the smallest tile fits the memory available; the message says how much it needs."""
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """What `plan_tiles` decided for one image (or batch of images)."""
+
+    tile: int | None
+    """Tile size for `tiled_forward` in LR pixels; None: the whole image in one pass."""
+
+    max_batch: int
+    """Images (tiles or ensemble variants) per forward pass: the caller's, or fewer if needed."""
+
+    needed: int
+    """Estimated peak bytes, safety factor included (see `estimate_memory`)."""
+
+    budget: int
+    """The bytes it had to fit in."""
+
+
+def normalize_tile(tile: Tile) -> int | str | None:
+    """`"auto"`, None (the whole image; 0 means the same) or a positive tile size; ValueError else."""
+    if isinstance(tile, str) and tile.strip().lower() == "auto":
+        return "auto"
+    if tile is None or (isinstance(tile, int) and not isinstance(tile, bool) and tile >= 0):
+        return tile or None
+    raise ValueError(f"tile must be 'auto', None, 0 (whole image) or a positive integer, got {tile!r}")
+
+
+def activation_bytes_per_pixel(config: ModelConfig, scale: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes that one image of a forward batch holds at the pass's peak, per LR pixel of its input.
+
+    With F = `config.n_feats` and s = `scale`, the peak is in the upsampler's last step (a residual
+    block only ever holds 4 feature maps: the global skip, its input, and its two convs' outputs).
+    There the head's output (the global skip, F channels) and the body's output (F) are still
+    referenced while the last sub-pixel conv writes s^2 F channels of the coarser grid and
+    PixelShuffle copies them into the finer one (s^2 F more): (2 + 2 s^2) F channels per LR pixel,
+    10F at x2, 20F at x3, 34F at x4 (x4's first x2 step holds less). Add the batch's input (3),
+    slack for MeanShift's copies (3), and the output that self-ensemble accumulates per tile (3 s^2;
+    small, so counted with or without self-ensemble):
+
+        bytes per LR pixel = ((2 + 2 s^2) F + 3 s^2 + 6) x bytes per element
+
+    This counts tensors, not workspace: `estimate_memory` multiplies by SAFETY_FACTOR. The tensor
+    count is exact for EDSR and MDSR, whose pre-processing blocks also hold 4 maps at most (a test
+    measures it).
+    """
+    s2 = scale * scale
+    return ((2 + 2 * s2) * config.n_feats + 3 * s2 + 6) * dtype.itemsize
+
+
+def estimate_memory(
+    config: ModelConfig,
+    scale: int,
+    height: int,
+    width: int,
+    *,
+    tile: int | None,
+    dtype: torch.dtype = torch.float32,
+    max_batch: int = 4,
+    self_ensemble: bool = False,
+    images: int = 1,
+    overlap: int | None = None,
+    safety: float = SAFETY_FACTOR,
+) -> int:
+    """Peak bytes `upscale_tensor` (and `upscale_image`) need for `images` LR images of
+    `height` x `width` at `scale` in tiles of `tile` (None: whole), `max_batch` per pass.
+
+        peak = safety x (input + output + max(batch x window pixels x activation_bytes_per_pixel,
+                                               2 x output))
+
+    input and output are the whole images (3 and 3 s^2 channels per LR pixel), which tiling keeps in
+    memory; the 2 x output term is the 8-bit conversion's rounded copies after the last pass. The
+    batch is what one forward call gets: `max_batch` tiles (at most the number of tiles), all
+    `images` for a whole-image pass, and with self-ensemble up to `max_batch` variants of one
+    shape (8 per square window, 4 per other window).
+    """
+    itemsize = dtype.itemsize
+    if tile is None:
+        count, win_h, win_w = 1, height, width
+    else:
+        overlap = receptive_field_radius(config) if overlap is None else overlap
+        count, win_h, win_w = tile_layout(height, width, tile, overlap)
+    if self_ensemble:  # as upscale_tensor and self_ensemble batch the variants
+        group = 8 if win_h == win_w else 4  # a non-square window's variants come in two shapes
+        windows = images if tile is None else min(max(1, max_batch // 8), count * images)
+        batch = min(max_batch, group * windows)
+    else:
+        batch = images if tile is None else min(max_batch, count * images)
+    image_bytes = images * 3 * height * width * itemsize
+    output_bytes = image_bytes * scale * scale
+    call_bytes = batch * win_h * win_w * activation_bytes_per_pixel(config, scale, dtype)
+    return math.ceil(safety * (image_bytes + output_bytes + max(call_bytes, 2 * output_bytes)))
+
+
+def plan_tiles(
+    config: ModelConfig,
+    scale: int,
+    height: int,
+    width: int,
+    *,
+    budget: int,
+    dtype: torch.dtype = torch.float32,
+    max_batch: int = 4,
+    self_ensemble: bool = False,
+    images: int = 1,
+    overlap: int | None = None,
+    budget_source: str = "available",
+) -> TilePlan:
+    """The tiling `tile="auto"` uses: pure arithmetic on `estimate_memory`, nothing is run.
+
+    The whole image if it fits in `budget` bytes, else the largest tile (a multiple of TILE_STEP,
+    at least MIN_TILE_OVERLAPS overlaps) that does; a larger tile at a smaller batch is preferred
+    to a smaller tile at `max_batch` (fewer tiles: less overlap computed twice). If not even the
+    smallest tile fits one at a time, MemoryBudgetError says how much it needs and how much is
+    `budget_source` (e.g. "free on cuda:0").
+    """
+    overlap = receptive_field_radius(config) if overlap is None else overlap
+    longest = max(height, width)
+    smallest = max(TILE_STEP, math.ceil(MIN_TILE_OVERLAPS * overlap / TILE_STEP) * TILE_STEP)
+    top = (longest - 1) // TILE_STEP * TILE_STEP  # tiles at least the image's size are the whole image
+    candidates: list[int | None] = [None, *range(top, smallest - 1, -TILE_STEP)]
+
+    def need(tile: int | None, batch: int) -> int:
+        return estimate_memory(
+            config, scale, height, width, tile=tile, dtype=dtype, max_batch=batch,
+            self_ensemble=self_ensemble, images=images, overlap=overlap,
+        )
+
+    for tile in candidates:
+        for batch in range(max_batch, 0, -1):
+            needed = need(tile, batch)
+            if needed <= budget:
+                return TilePlan(tile, batch, needed, budget)
+    tile = candidates[-1]
+    if tile is None:
+        smallest_run = "run whole (the image is smaller than the smallest tile), one pass at a time,"
+    else:
+        _, win_h, win_w = tile_layout(height, width, tile, overlap)
+        smallest_run = f"in the smallest tiles ({tile} LR pixels, {win_w}x{win_h} windows), one per pass,"
+    raise MemoryBudgetError(
+        f"a {width}x{height} LR image at x{scale} ({config.name}, {str(dtype).removeprefix('torch.')}"
+        f"{', self-ensemble' if self_ensemble else ''}) {smallest_run} needs about "
+        f"{format_bytes(need(tile, 1))} of memory, and {format_bytes(budget)} is {budget_source}; "
+        "free some memory or force a smaller tile (--tile N, slower)"
+    )
+
+
+def free_memory(device: str | torch.device) -> int:
+    """Bytes this process can still allocate on `device`, as measured now.
+
+    CUDA: the driver's free memory (`torch.cuda.mem_get_info`) plus what torch's caching allocator
+    holds unused. CPU: the available RAM (psutil, else /proc/meminfo's MemAvailable), capped by a
+    cgroup memory limit's headroom. Anything else: DEFAULT_MEMORY_BUDGET.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type == "cpu":
+        available = _available_ram()
+        headroom = _cgroup_headroom()
+        known = [b for b in (available, headroom) if b is not None]
+        return min(known) if known else DEFAULT_MEMORY_BUDGET
+    return DEFAULT_MEMORY_BUDGET
+
+
+def resolve_memory_budget(device: str | torch.device, budget: int | None = None) -> tuple[int, str]:
+    """(bytes, where they come from) that `tile="auto"` fits into on `device`: `budget` if given,
+    else $NTIRE_MEMORY_BUDGET if set, else `free_memory(device)`."""
+    if budget is not None:
+        return int(budget), "the memory budget"
+    text = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+    if text:
+        return parse_bytes(text, MEMORY_BUDGET_ENV), f"allowed by {MEMORY_BUDGET_ENV}"
+    return free_memory(device), f"free on {device}"
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(text: str, what: str = "memory size") -> int:
+    """`123456`, `512M`, `1.5G`, `2GiB`, `64 kb` -> bytes (units are binary); ConfigError else."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not match:
+        raise ConfigError(f"{what}={text!r}: expected a number of bytes, e.g. 2G, 512M or 1000000")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def format_bytes(n: float) -> str:
+    """`1.5 GiB`, `300 MiB`, `12 KiB`, `100 B`."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def _available_ram() -> int | None:
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return int(psutil.virtual_memory().available)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_headroom() -> int | None:
+    """A cgroup memory limit minus the cgroup's usage (v2, then v1), or None without a limit."""
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:  # "max" or a huge number: no limit
+            return max(0, int(limit) - usage)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
 # Putting it together
 
 _self_ensemble = self_ensemble  # reachable inside functions whose flag is named self_ensemble
@@ -216,26 +486,50 @@ def upscale_tensor(
     x: Tensor,
     *,
     scale: int,
-    tile: int | None = None,
+    tile: Tile = "auto",
     overlap: int | None = None,
     self_ensemble: bool = False,
     max_batch: int = 4,
     config: ModelConfig | None = None,
+    memory_budget: int | None = None,
 ) -> Tensor:
     """Super-resolve `x` (N, 3, H, W, float in [0, 255], on the model's device) by `scale`.
 
-    `model(x, scale)` is called under torch.inference_mode. With `tile`, the image is run in
-    tiles of that many LR pixels (see `tiled_forward`); `overlap` defaults to the receptive-field
-    radius of `config` (a ModelConfig), so the output equals the whole-image one. With
-    `self_ensemble` the 8-way ensemble is applied inside each tile, which is exact for the same
-    reason (a flipped or rotated window still has the context on every side) and keeps memory
-    bounded by the tile: the tiles of one `forward` call are ensembled `max_batch` images at a
-    time, so a call takes max(1, max_batch // 8) tiles. Without `tile` the whole image is one
-    tile, and self-ensemble runs up to `max_batch` transformed copies of it at once.
+    `model(x, scale)` is called under torch.inference_mode. `tile`:
+
+    - `"auto"` (default): `plan_tiles` picks the whole image if it fits the memory available on
+      `x`'s device (see `resolve_memory_budget`: the `memory_budget` bytes if given, else
+      $NTIRE_MEMORY_BUDGET, else what is free), else the largest tile that fits, lowering
+      `max_batch` before the tile if need be; MemoryBudgetError if not even the smallest tile
+      fits. This needs `config` (a ModelConfig) to size the network: without it the whole image
+      is run.
+    - None or 0: the whole image in one pass.
+    - N: tiles of at most N x N LR pixels (see `tiled_forward`).
+
+    Tiles overlap by `overlap`, by default the receptive-field radius of `config`, so the output
+    equals the whole-image one. With `self_ensemble` the 8-way ensemble is applied inside each
+    tile, which is exact for the same reason (a flipped or rotated window still has the context on
+    every side) and keeps memory bounded by the tile: the tiles of one `forward` call are
+    ensembled `max_batch` images at a time, so a call takes max(1, max_batch // 8) tiles. For the
+    whole image, self-ensemble runs up to `max_batch` transformed copies of it at once.
 
     Returns the unrounded float output; see `upscale_image` for 8-bit images.
     """
     ensemble = self_ensemble  # the flag shadows the function; `_self_ensemble` is the function
+    tile = normalize_tile(tile)
+    if tile == "auto":
+        tile = None
+        if config is not None:
+            _check_batch(x)
+            n, _, h, w = x.shape
+            param = next(model.parameters(), None)
+            dtype = x.dtype if param is None else torch.promote_types(x.dtype, param.dtype)
+            budget, source = resolve_memory_budget(x.device, memory_budget)
+            plan = plan_tiles(
+                config, scale, h, w, budget=budget, dtype=dtype, max_batch=max_batch, self_ensemble=ensemble,
+                images=n, overlap=overlap, budget_source=source,
+            )
+            tile, max_batch = plan.tile, plan.max_batch
 
     def forward(t: Tensor) -> Tensor:
         return model(t, scale)
@@ -260,31 +554,51 @@ def upscale_image(
     image: np.ndarray,
     *,
     scale: int,
-    tile: int | None = None,
+    tile: Tile = "auto",
     self_ensemble: bool = False,
     device: str | torch.device = "cpu",
     max_batch: int = 4,
+    memory_budget: int | None = None,
 ) -> np.ndarray:
     """Super-resolve an (H, W, 3) uint8 RGB image by `scale`; returns (H*scale, W*scale, 3) uint8.
 
     The model is put in eval mode and moved to `device` (a no-op when it is already there); the
-    output is rounded and clipped to 8 bits. `config` (the model's ModelConfig) gives the tile
-    overlap; it may be None when `tile` is None.
+    output is rounded and clipped to 8 bits. `tile` is `"auto"` (fit the memory free on `device`,
+    or `memory_budget` bytes), None or 0 (whole image) or a tile size, as for `upscale_tensor`;
+    `config` (the model's ModelConfig) sizes the network and gives the tile overlap (without it,
+    `"auto"` runs the whole image and a tile size is an error).
     """
     from ntire.images import image_to_tensor, tensor_to_image
 
     model.eval().to(device)
     x = image_to_tensor(image).to(device)
     y = upscale_tensor(
-        model, x, scale=scale, tile=tile, self_ensemble=self_ensemble, max_batch=max_batch, config=config
+        model, x, scale=scale, tile=tile, self_ensemble=self_ensemble, max_batch=max_batch, config=config,
+        memory_budget=memory_budget,
     )
     return tensor_to_image(y)
 
 
 __all__: Sequence[str] = [
+    "DEFAULT_MEMORY_BUDGET",
+    "MEMORY_BUDGET_ENV",
+    "MIN_TILE_OVERLAPS",
+    "SAFETY_FACTOR",
+    "TILE_STEP",
     "DihedralTransform",
     "Forward",
+    "MemoryBudgetError",
+    "Tile",
+    "TilePlan",
+    "activation_bytes_per_pixel",
+    "estimate_memory",
+    "format_bytes",
+    "free_memory",
     "geometric_transforms",
+    "normalize_tile",
+    "parse_bytes",
+    "plan_tiles",
+    "resolve_memory_budget",
     "self_ensemble",
     "tile_layout",
     "tiled_forward",

@@ -131,6 +131,33 @@ def positive_int(text: str) -> int:
     return value
 
 
+TILE_HELP = (
+    "tile size in LR pixels: auto (default) runs each image whole if it fits the memory free on the device "
+    "(or $NTIRE_MEMORY_BUDGET, e.g. 2G), else in the largest tiles that fit; 0 forces the whole image, "
+    "T forces T x T tiles (e.g. 128). The output is identical either way"
+)
+
+
+def tile_option(text: str) -> int | str:
+    """argparse type for --tile: `auto`, 0 (the whole image) or a positive number of LR pixels."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto, 0 (whole image) or a positive integer, got {text!r}")
+    return value
+
+
+def add_tile_argument(
+    parser: argparse.ArgumentParser, default: int | str | None = "auto", help: str = TILE_HELP
+) -> None:
+    """`--tile {auto,0,T}` (parsed by `tile_option`), passed on as `tile=` to ntire.inference."""
+    parser.add_argument("--tile", type=tile_option, default=default, metavar="T", help=help)
+
+
 DEVICE_HELP = "torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
 
 
@@ -166,9 +193,11 @@ def resolve_device(name: str | None, option: str = "--device") -> Any:
 __all__ = [
     "add_config_arguments",
     "add_device_argument",
+    "add_tile_argument",
     "add_train_arguments",
     "config_from_args",
     "overrides_from_args",
     "positive_int",
+    "tile_option",
     "resolve_device",
 ]

@@ -139,3 +139,57 @@ def test_benchmark_cli_writes_markdown_and_json(root, checkpoint, tmp_path, caps
     data = json.loads((out / "table3.json").read_text())
     assert [(r["set_name"], r["scale"]) for r in data["rows"]] == [("Tiny", 3)]
     assert data["rows"][0]["model_plus"] is None
+    # The worst and best image's figures lie beside the table, which names them.
+    assert [(f["kind"], f["scale"]) for f in data["figures"]] == [("worst", 3), ("best", 3)]
+    assert sorted(p.name for p in out.glob("Tiny_x3_*.png")) == sorted(f["file"] for f in data["figures"])
+    assert "and 2 figure(s) beside them" in printed and data["figures"][0]["file"] in (out / "table3.md").read_text()
+
+    plain = tmp_path / "plain"
+    assert main(argv + ["--out", str(plain), "--no-mlflow", "--no-progress", "--device", "cpu", "--no-figures"]) == 0
+    assert sorted(p.name for p in plain.iterdir()) == ["table3.json", "table3.md"]
+
+
+def _find(picture: np.ndarray, crop: np.ndarray) -> list[tuple[int, int]]:
+    h, w = crop.shape[:2]
+    ys, xs = np.nonzero((picture[: picture.shape[0] - h + 1, : picture.shape[1] - w + 1] == crop[0, 0]).all(-1))
+    return [(int(y), int(x)) for y, x in zip(ys, xs, strict=True)
+            if np.array_equal(picture[y : y + h, x : x + w], crop)]
+
+
+def test_figures_of_the_worst_and_best_image_beside_the_table(root, checkpoint, tmp_path):
+    from ntire.benchmark import extreme_images, write_figures
+    from ntire.figures import Box
+    from ntire.inference import upscale_image
+
+    model, config = load_model(checkpoint)
+    models = {2: (model, config, str(checkpoint))}
+    report = run_benchmark(models, root, sets=["Tiny", DIV2K_SET], scales=[2], self_ensemble=True, progress=False)
+    out = tmp_path / "out"
+    figures = write_figures(report, models, out, self_ensemble=True)
+    assert report.figures == figures
+
+    tiny = report.rows[0]
+    gains = {n: s["model"]["psnr"] - s["bicubic"]["psnr"] for n, s in tiny.per_image.items()}
+    worst, best = min(gains, key=gains.get), max(gains, key=gains.get)
+    assert extreme_images(tiny) == [("worst", worst, gains[worst]), ("best", best, gains[best])]
+    assert [(f.set_name, f.kind, f.image) for f in figures] == [
+        ("Tiny", "worst", worst), ("Tiny", "best", best), (DIV2K_SET, "only", "0801")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f.file for f in figures)
+    assert figures[1].file == f"Tiny_x2_best_{best}.png"
+
+    # Each figure shows the model's crop of its box (enlarged by pixel repetition).
+    hr = read_image(root / "benchmark" / "Tiny" / "HR" / f"{best}.png")
+    sr = upscale_image(model, config, read_image(root / "benchmark" / "Tiny" / "LR_bicubic" / "X2" / f"{best}x2.png"),
+                       scale=2)
+    box = Box(*map(int, figures[1].box.split(",")))
+    k = 192 // max(box.w, box.h)
+    picture = read_image(out / figures[1].file)
+    assert _find(picture, box.crop(sr).repeat(k, 0).repeat(k, 1))
+    assert _find(picture, box.crop(hr).repeat(k, 0).repeat(k, 1))
+
+    md, js = write_report(report, out)
+    text = md.read_text()
+    assert "Figures: the worst and best image of each set" in text
+    assert f"- Tiny x2: worst `{worst}` ({gains[worst]:+.2f} dB): [{figures[0].file}]({figures[0].file})" in text
+    assert "- DIV2K val x2: only `0801`" in text
+    assert [f["file"] for f in json.loads(js.read_text())["figures"]] == [f.file for f in figures]

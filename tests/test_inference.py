@@ -1,20 +1,42 @@
-"""Self-ensemble and tiling are exact: checked against independent computations, not themselves."""
+"""Self-ensemble and tiling are exact: checked against independent computations, not themselves.
+Auto-chosen tiles: the memory model is checked against the tensors a forward pass really holds,
+and the choice against injected memory budgets."""
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
+import ntire.inference
+from ntire.config import ModelConfig
+from ntire.errors import ConfigError
 from ntire.inference import (
+    MEMORY_BUDGET_ENV,
+    MIN_TILE_OVERLAPS,
+    SAFETY_FACTOR,
+    TILE_STEP,
+    MemoryBudgetError,
+    activation_bytes_per_pixel,
+    estimate_memory,
+    free_memory,
     geometric_transforms,
+    normalize_tile,
+    parse_bytes,
+    plan_tiles,
+    resolve_memory_budget,
     self_ensemble,
     tile_layout,
     tiled_forward,
     upscale_image,
     upscale_tensor,
 )
+from ntire.models.build import build_model, receptive_field_radius
 
 
 class StandInSR(nn.Module):
@@ -300,3 +322,254 @@ def test_tiled_equals_whole_for_real_networks_at_their_declared_radius(kind, sca
         # Far too little overlap is visibly wrong, so the check above can fail.
         short = upscale_tensor(model, x, scale=scale, tile=7, overlap=receptive_field_radius(config) // 4)
         assert (short - whole).abs().max().item() > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# Auto-chosen tiles: the memory model, the choice, and exactness under a budget
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Counts the bytes of tensor storage alive while torch ops run under it, and the peak.
+
+    Every op's outputs are seen here; a storage is counted once, from the first tensor that shows
+    it until the last Python tensor referring to it dies. Deterministic on CPU, unlike the
+    process's resident set; what kernels allocate internally (workspaces) is not seen: that is what
+    SAFETY_FACTOR is for.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.storages: dict[int, list[int]] = {}  # data_ptr -> [live tensors, bytes]
+        self.tensors: set[int] = set()
+        self.live = self.peak = 0
+
+    def _release(self, key: int, tensor_id: int) -> None:
+        self.tensors.discard(tensor_id)
+        entry = self.storages[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.live -= entry[1]
+            del self.storages[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and id(t) not in self.tensors:
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key not in self.storages:
+                    self.storages[key] = [0, storage.nbytes()]
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                self.storages[key][0] += 1
+                self.tensors.add(id(t))
+                weakref.finalize(t, self._release, key, id(t))
+        return out
+
+
+def tiny(kind: str = "edsr", scales=(2,), n_feats: int = 8) -> tuple[nn.Module, ModelConfig]:
+    config = ModelConfig(kind=kind, scales=scales, n_blocks=1, n_feats=n_feats)
+    torch.manual_seed(0)
+    return build_model(config).eval(), config
+
+
+def test_the_counter_sees_a_known_peak():
+    with LiveTensorBytes() as mode:
+        a = torch.zeros(1000)  # 4000 bytes
+        b = torch.zeros(500)  # 2000
+        del a
+        c = torch.zeros(250)  # 1000: the peak stays 6000
+        view = c[10:]  # a view is not new memory
+    assert mode.peak == 6000 and mode.live == 3000
+    del b, c, view
+
+
+@pytest.mark.parametrize(
+    "kind, scales, scale, size, tile, ensemble, max_batch",
+    [
+        ("edsr", (2,), 2, (37, 45), None, False, 4),  # whole image
+        ("edsr", (4,), 4, (37, 45), 12, False, 4),  # tiles, 4 per pass
+        ("edsr", (3,), 3, (33, 41), None, True, 8),  # whole, self-ensemble: non-square, 4 variants per pass
+        ("mdsr", (2, 3, 4), 3, (40, 40), 16, True, 8),  # square windows: 8 variants per pass
+        ("mdsr", (2, 3, 4), 4, (30, 52), 20, False, 1),
+    ],
+)
+def test_memory_model_bounds_the_tensors_a_real_network_holds(kind, scales, scale, size, tile, ensemble, max_batch):
+    """The estimate (without its safety factor) is never below the measured peak of live tensors,
+    and not far above it: the model of the network is right, not just generous."""
+    model, config = tiny(kind, scales, n_feats=16)
+    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    with LiveTensorBytes() as mode:
+        upscale_image(model, config, image, scale=scale, tile=tile, self_ensemble=ensemble, max_batch=max_batch)
+    modelled = estimate_memory(
+        config, scale, *size, tile=tile, self_ensemble=ensemble, max_batch=max_batch, safety=1
+    )
+    assert mode.peak <= modelled <= 1.3 * mode.peak, (mode.peak, modelled)
+
+
+def test_bytes_per_pixel_follows_the_upsampler_peak():
+    config = ModelConfig.preset("edsr", scales=4)  # F = 256: 34F channels at x4
+    assert activation_bytes_per_pixel(config, 4) == ((2 + 2 * 16) * 256 + 3 * 16 + 6) * 4
+    assert activation_bytes_per_pixel(config, 4, torch.bfloat16) * 2 == activation_bytes_per_pixel(config, 4)
+    baseline = ModelConfig.preset("edsr-baseline", scales=2)
+    assert activation_bytes_per_pixel(baseline, 2) == (10 * 64 + 12 + 6) * 4
+
+
+def test_tile_requests_are_auto_whole_or_a_size():
+    assert normalize_tile("auto") == normalize_tile(" AUTO ") == "auto"
+    assert normalize_tile(None) is None and normalize_tile(0) is None
+    assert normalize_tile(128) == 128
+    for bad in (-1, "128", 1.5, True):
+        with pytest.raises(ValueError, match="tile"):
+            normalize_tile(bad)
+
+
+def test_plan_is_whole_when_it_fits_else_the_largest_tile_that_fits():
+    config = ModelConfig.preset("edsr-baseline", scales=2)
+    h, w = 339, 510
+    overlap = receptive_field_radius(config)  # 36
+    whole = estimate_memory(config, 2, h, w, tile=None)
+    plan = plan_tiles(config, 2, h, w, budget=whole)
+    assert plan.tile is None and plan.needed == whole
+    assert plan_tiles(config, 2, h, w, budget=whole - 1).tile is not None
+
+    previous = 0
+    for budget in (whole // 6, whole // 4, whole // 2, whole - 1):
+        plan = plan_tiles(config, 2, h, w, budget=budget)
+        assert plan.tile % TILE_STEP == 0 and plan.tile >= MIN_TILE_OVERLAPS * overlap
+        assert plan.needed <= budget
+        assert estimate_memory(config, 2, h, w, tile=plan.tile, max_batch=plan.max_batch) == plan.needed
+        bigger = plan.tile + TILE_STEP  # the next tile up, at any batch, does not fit
+        if bigger < max(h, w):
+            assert estimate_memory(config, 2, h, w, tile=bigger, max_batch=1) > budget
+        assert plan.tile >= previous  # more memory, never smaller tiles
+        previous = plan.tile
+
+
+def test_plan_lowers_the_batch_before_the_tile():
+    config = ModelConfig.preset("edsr-baseline", scales=2)
+    one = estimate_memory(config, 2, 400, 400, tile=200, max_batch=1)
+    four = estimate_memory(config, 2, 400, 400, tile=200, max_batch=4)
+    assert one < four
+    plan = plan_tiles(config, 2, 400, 400, budget=one, max_batch=4)
+    # 2 x 2 tiles of 200, one per pass (392 is the largest tile with that layout), not 3 x 3 at 4 per pass
+    assert (plan.tile, plan.max_batch) == (392, 1)
+    assert tile_layout(400, 400, plan.tile, 36) == tile_layout(400, 400, 200, 36)
+    assert plan_tiles(config, 2, 400, 400, budget=four, max_batch=4).max_batch == 4
+
+
+def test_self_ensemble_and_wider_dtypes_need_more_memory():
+    config = ModelConfig.preset("edsr-baseline", scales=3)
+    args = (config, 3, 300, 300)
+    plain = estimate_memory(*args, tile=None)
+    assert estimate_memory(*args, tile=None, self_ensemble=True, max_batch=8) > 4 * plain
+    assert estimate_memory(*args, tile=None, dtype=torch.float64) > 1.9 * plain
+    assert plan_tiles(*args, budget=plain).tile is None
+    # Self-ensemble in the same budget: whole with fewer variants per pass while that fits, then tiles.
+    plan = plan_tiles(*args, budget=2 * plain, self_ensemble=True, max_batch=8)
+    assert (plan.tile, plan.max_batch) == (None, 2)
+    plan = plan_tiles(*args, budget=plain, self_ensemble=True, max_batch=8)
+    assert (plan.tile, plan.max_batch) == (None, 1)
+    assert plan_tiles(*args, budget=plain - 1, self_ensemble=True, max_batch=8).tile is not None
+
+
+def test_a_budget_too_small_for_any_tile_names_what_it_needs():
+    config = ModelConfig.preset("edsr", scales=4)
+    overlap = receptive_field_radius(config)  # 68: the smallest tile is 136
+    smallest = estimate_memory(config, 4, 1356, 2040, tile=136, max_batch=1)
+    with pytest.raises(MemoryBudgetError) as e:
+        plan_tiles(config, 4, 1356, 2040, budget=smallest - 1, budget_source="free on cuda:0")
+    message = str(e.value)
+    assert isinstance(e.value, ConfigError)
+    assert "2040x1356" in message and "x4" in message and "edsr" in message
+    assert f"{MIN_TILE_OVERLAPS * overlap} LR pixels" in message and "GiB" in message
+    assert "free on cuda:0" in message and "--tile" in message
+    fits = plan_tiles(config, 4, 1356, 2040, budget=smallest)
+    assert fits.max_batch == 1 and fits.needed == smallest  # tile 144: the same cores of 136 as tile 136
+    assert tile_layout(1356, 2040, fits.tile, overlap) == tile_layout(1356, 2040, 136, overlap)
+    # An image smaller than the smallest tile can only run whole.
+    with pytest.raises(MemoryBudgetError, match="run whole"):
+        plan_tiles(config, 4, 100, 120, budget=1000)
+
+
+def test_memory_budget_comes_from_the_argument_the_environment_or_the_device(monkeypatch):
+    monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
+    measured, source = resolve_memory_budget("cpu")
+    assert measured > 0 and source == "free on cpu"
+    assert free_memory("cpu") > 0
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "1.5M")
+    assert resolve_memory_budget("cpu") == (int(1.5 * 2**20), f"allowed by {MEMORY_BUDGET_ENV}")
+    assert resolve_memory_budget("cpu", 1000) == (1000, "the memory budget")
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "lots")
+    with pytest.raises(ConfigError, match=f"{MEMORY_BUDGET_ENV}='lots'"):
+        resolve_memory_budget("cpu")
+
+
+def test_parse_bytes_takes_binary_units():
+    assert parse_bytes("1000") == 1000
+    assert parse_bytes("64k") == parse_bytes("64 KiB") == parse_bytes("64KB") == 64 * 1024
+    assert parse_bytes("2G") == 2 * 2**30 and parse_bytes("0.5m") == 2**19
+    for bad in ("", "-1", "1X", "G"):
+        with pytest.raises(ConfigError):
+            parse_bytes(bad)
+
+
+class _SpyPlans:
+    """Records every TilePlan `upscale_tensor` gets from plan_tiles."""
+
+    def __init__(self, monkeypatch):
+        self.plans = []
+        real = ntire.inference.plan_tiles
+
+        def spy(*args, **kwargs):
+            plan = real(*args, **kwargs)
+            self.plans.append(plan)
+            return plan
+
+        monkeypatch.setattr(ntire.inference, "plan_tiles", spy)
+
+
+@pytest.mark.parametrize("kind, scales, scale, ensemble", [("edsr", (2,), 2, False), ("mdsr", (2, 3, 4), 3, True)])
+def test_auto_tiles_under_a_small_budget_equal_the_whole_image(monkeypatch, kind, scales, scale, ensemble):
+    model, config = tiny(kind, scales)
+    h, w = 90, 76  # a few times the smallest tile (2 overlaps), so that tiles can be smaller than the image
+    budget = estimate_memory(config, scale, h, w, tile=None, self_ensemble=ensemble, max_batch=1) - 1
+    spy = _SpyPlans(monkeypatch)
+    x = lr_batch(1, h, w)
+    auto = upscale_tensor(model, x, scale=scale, config=config, self_ensemble=ensemble, memory_budget=budget)
+    (plan,) = spy.plans
+    assert plan.tile is not None and plan.needed <= budget
+    assert tile_layout(h, w, plan.tile, receptive_field_radius(config))[0] > 1  # really tiled
+    whole = upscale_tensor(model, x, scale=scale, tile=0, self_ensemble=ensemble)
+    assert (auto - whole).abs().max().item() < 1e-3
+    # In 8 bits: equal, but for a value whose float lies within rounding of a .5 step.
+    image = x[0].permute(1, 2, 0).round().to(torch.uint8).numpy()
+    auto8 = upscale_image(model, config, image, scale=scale, self_ensemble=ensemble, memory_budget=budget)
+    whole8 = upscale_image(model, config, image, scale=scale, self_ensemble=ensemble, tile=None)
+    differ = auto8 != whole8
+    assert differ.mean() < 1e-4 and np.abs(auto8.astype(int) - whole8).max() <= 1
+
+
+def test_auto_runs_small_images_whole_and_reads_the_environment(monkeypatch):
+    model, config = tiny()
+    spy = _SpyPlans(monkeypatch)
+    calls = []
+    monkeypatch.setattr(ntire.inference, "tiled_forward", lambda *a, **k: calls.append(1))
+    monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
+    upscale_tensor(model, lr_batch(1, 20, 24), scale=2, config=config)  # default tile="auto", plenty free
+    assert spy.plans[-1].tile is None and not calls
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "10")
+    with pytest.raises(MemoryBudgetError, match=f"10 B is allowed by {MEMORY_BUDGET_ENV}"):
+        upscale_tensor(model, lr_batch(1, 20, 24), scale=2, config=config)
+    # Without a config there is nothing to size: the whole image runs, as before auto existed.
+    assert upscale_tensor(StandInSR(2), lr_batch(1, 6, 6), scale=2).shape == (1, 3, 12, 12)
+
+
+def test_forced_tiles_ignore_the_budget(monkeypatch):
+    model, config = tiny()
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "10")  # far too small for auto
+    x = lr_batch(1, 20, 24)
+    forced = upscale_tensor(model, x, scale=2, tile=8, config=config)
+    whole = upscale_tensor(model, x, scale=2, tile=0, config=config)
+    assert (forced - whole).abs().max().item() < 1e-3
+    assert SAFETY_FACTOR > 1

@@ -4,7 +4,8 @@
     ntire benchmark --checkpoint edsr_baseline_x2-1bc95232.pt --root ~/data --sets Set5 DIV2K
     ntire benchmark --checkpoint mdsr-4a78bedf.pt --root ~/data --self-ensemble
 
-Writes table3.md and table3.json to --out and logs them to MLflow.
+Writes table3.md and table3.json to --out, with a comparison figure of each set's worst and best
+image (by the model's PSNR gain over bicubic) beside them, and logs them to MLflow.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ntire.options import add_device_argument, positive_int
+from ntire.options import add_device_argument, add_tile_argument, positive_int
 
 HELP = "score a checkpoint on Set5/Set14/B100/Urban100/DIV2K like the paper's Table 3"
 
@@ -58,12 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--self-ensemble", action="store_true",
         help="also score the model with geometric self-ensemble (the '+' column)"
     )
-    parser.add_argument("--tile", type=positive_int, default=None, metavar="T",
-                        help="run in tiles of T LR pixels (same scores)")
+    add_tile_argument(parser, help="tile size in LR pixels: auto (default; fit the free memory), 0 whole image, "
+                      "T tiles of T (same scores)")
     parser.add_argument("--max-batch", type=positive_int, default=4, metavar="N",
                         help="tiles per forward pass (default 4)")
     add_device_argument(parser)
     parser.add_argument("--out", default=None, metavar="DIR", help="report folder (default runs/benchmark/<model>)")
+    parser.add_argument("--no-figures", dest="figures", action="store_false",
+                        help="do not draw the worst/best comparison figures beside the table")
     parser.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not log to MLflow")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store (default $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
@@ -71,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ntire.benchmark import available_sets, format_markdown, run_benchmark, write_report
+    from ntire.benchmark import available_sets, format_markdown, run_benchmark, write_figures, write_report
     from ntire.errors import ConfigError
     from ntire.models.checkpoint import load_model
     from ntire.options import resolve_device
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     loaded: dict[Path, tuple] = {}
     by_scale: dict[int, Path] = {}
     for path in args.checkpoint or []:
-        loaded[path] = load_model(path, map_location=device)
+        loaded[path] = load_model(path, map_location=device, say=print)
         for s in loaded[path][1].scales:
             if s in by_scale:
                 raise ConfigError(f"x{s} is served by both {by_scale[s]} and {path}; give one checkpoint per scale")
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     models: dict[int, tuple] = {}
     for s, path in by_scale.items():
         if path not in loaded:
-            loaded[path] = load_model(path, map_location=device)
+            loaded[path] = load_model(path, map_location=device, say=print)
         models[s] = (*loaded[path], path)
     scales = sorted(args.scales or models)
     sets = args.sets or available_sets(root)
@@ -114,11 +117,14 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     out = Path(args.out or f"runs/benchmark/{report.model_name.replace(' / ', '+')}")
+    if args.figures:
+        write_figures(report, models, out, self_ensemble=args.self_ensemble, tile=args.tile, device=device,
+                      max_batch=args.max_batch)
     md, js = write_report(report, out)
     print(format_markdown(report))
-    print(f"wrote {md} and {js}")
+    print(f"wrote {md} and {js}" + (f", and {len(report.figures)} figure(s) beside them" if report.figures else ""))
     if args.mlflow:
-        _log(report, out, args)
+        _log(report, out, args, device)
     else:
         print("MLflow logging off (--no-mlflow)")
     return 0
@@ -141,7 +147,7 @@ def _root(root: str | None) -> Path:
     return path
 
 
-def _log(report, out: Path, args: argparse.Namespace) -> None:
+def _log(report, out: Path, args: argparse.Namespace, device: object) -> None:
     from ntire.benchmark import report_metrics
     from ntire.training.tracking import log_report
 
@@ -155,5 +161,7 @@ def _log(report, out: Path, args: argparse.Namespace) -> None:
         metrics=report_metrics(report),
         report_dir=out,
         uri=args.tracking_uri,
+        data=report.root,
+        tags={"ntire.device": str(device)},
         say=lambda message: print(f"ntire benchmark: {message}", file=sys.stderr),
     )

@@ -1,7 +1,7 @@
 """`ntire demo` (`make demo`): train the EDSR baseline x2 on the bundled sample photos, end to end.
 
 Builds the sample dataset if it is missing, trains with the shipped `demo` config (sized for about
-15 minutes on 2 CPU cores), validates on held-out photos against bicubic upscaling, and exports
+8.5 minutes on 2 idle CPU cores), validates on held-out photos against bicubic upscaling, and exports
 the model to runs/demo/model. Takes every `ntire train` option to change that.
 """
 

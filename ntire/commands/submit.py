@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ntire.options import add_device_argument, positive_int
+from ntire.options import add_device_argument, add_tile_argument, positive_int
 
 HELP = "make validated NTIRE submission zips per track and scale from a manifest, or --check a zip"
 
@@ -57,8 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ensemble.add_argument(
         "--no-self-ensemble", dest="self_ensemble", action="store_false", help="force self-ensemble off"
     )
-    parser.add_argument(
-        "--tile", type=positive_int, default=None, metavar="T", help="tile size in LR pixels (default: manifest's)"
+    add_tile_argument(
+        parser, default=None,
+        help="tile size in LR pixels: auto (fit the memory free on the device), 0 (whole images) or T "
+        "(default: the manifest's `tile`, itself auto by default)",
     )
     parser.add_argument("--max-batch", type=positive_int, default=None, metavar="N", help="tiles per forward pass")
     parser.add_argument(

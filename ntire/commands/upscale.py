@@ -5,7 +5,10 @@ which is how NTIRE submissions name SR files. SRC may be a file (DST is then a `
 existing folder) or a folder (DST is a folder, created if needed).
 
 `--tile` bounds memory without changing a single output value (tiles overlap by the network's
-receptive-field radius); `--self-ensemble` runs inside each tile, so it stays bounded too.
+receptive-field radius); `--self-ensemble` runs inside each tile, so it stays bounded too. By
+default (`--tile auto`) each image runs whole if it fits the memory free on the device, else in the
+largest tiles that fit (`ntire.inference.plan_tiles`); `NTIRE_MEMORY_BUDGET=2G` replaces the
+measured free memory.
 """
 
 from __future__ import annotations
@@ -13,17 +16,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ntire.options import add_device_argument, positive_int
+from ntire.options import add_device_argument, add_tile_argument, positive_int
 
 HELP = "super-resolve an image or a folder of images with a trained or released checkpoint"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         required=True,
         type=Path,
-        help="checkpoint folder or .safetensors (with its config), or a released EDSR/MDSR .pt",
+        help="checkpoint folder or .safetensors (with its config), a released EDSR/MDSR .pt, or a BasicSR/mmagic "
+        "EDSR .pth",
     )
     parser.add_argument("--scale", required=True, type=positive_int, help="upscaling factor; the model must support it")
     parser.add_argument(
@@ -31,13 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="average the 8 flips/rotations (the paper's '+' models; 8x the compute)",
     )
-    parser.add_argument(
-        "--tile",
-        type=positive_int,
-        default=None,
-        metavar="T",
-        help="run in T x T LR-pixel tiles (e.g. 128) to bound memory; the output is identical",
-    )
+    add_tile_argument(parser)
     parser.add_argument(
         "--max-batch",
         type=positive_int,
@@ -57,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ntire.errors import ConfigError
     from ntire.files import remove_stale_temp_files
     from ntire.images import plan_outputs, read_image, write_png
-    from ntire.inference import upscale_image
+    from ntire.inference import MemoryBudgetError, upscale_image
     from ntire.models.checkpoint import load_model
     from ntire.options import resolve_device
 
@@ -66,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     for folder in {dst.parent for _, dst in jobs}:  # debris of a killed earlier run
         remove_stale_temp_files(folder, [dst.name for _, dst in jobs if dst.parent == folder])
 
-    model, config = load_model(args.checkpoint, map_location="cpu")
+    model, config = load_model(args.checkpoint, map_location="cpu", say=print)
     if args.scale not in config.scales:
         supported = "/".join(f"x{s}" for s in config.scales)
         raise ConfigError(
@@ -88,9 +85,12 @@ def run(args: argparse.Namespace) -> int:
                 device=device,
                 max_batch=args.max_batch,
             )
+        except MemoryBudgetError as e:
+            raise MemoryBudgetError(f"{src}: {e}") from None
         except torch.OutOfMemoryError:
             raise ConfigError(
-                f"{src}: out of memory on {device}; use --tile (e.g. --tile 128) or a smaller --max-batch"
+                f"{src}: out of memory on {device} (--tile {args.tile}); use a smaller --tile (e.g. --tile 128), "
+                "a smaller --max-batch, or set NTIRE_MEMORY_BUDGET below what is free"
             ) from None
         write_png(dst, sr)
     where = jobs[0][1] if len(jobs) == 1 else args.dst

@@ -454,6 +454,36 @@ def _rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+FEW_SHARDS_WARN_BYTES = 1 << 30
+"""Extra bytes read per pass (shards fewer than readers) above which `train_batches` warns."""
+
+
+def _warn_few_shards(urls: list[str], world: int, workers: int) -> None:
+    """Warn, with what to do, when fewer shards than readers (ranks x workers) make every reader
+    go through every shard, unless the extra reading is small (local shards of a small dataset,
+    such as the sample's, where it costs less than decoding)."""
+    readers = world * workers
+    if len(urls) >= readers:
+        return
+    local = [Path(u) for u in urls if "://" not in u and not u.startswith("pipe:")]
+    total = sum(p.stat().st_size for p in local if p.is_file()) if len(local) == len(urls) else None
+    extra = None if total is None else total * (readers - 1)
+    if extra is not None and extra < FEW_SHARDS_WARN_BYTES:
+        log.debug("%d shards for %d readers: %.0f MiB read again per pass", len(urls), readers, extra / 2**20)
+        return
+    size = f"{max(1, total // readers // 2**20)}MiB" if total else "SIZE"
+    log.warning(
+        "%d shard(s) for %d ranks x %d workers: each reader goes through every shard and keeps "
+        "its share of the samples%s. Write at least %d shards and train on them: `ntire data "
+        "shard --root DATA --track T --scales S.. --shard-size %s --out SHARDS`, then `--data "
+        "SHARDS --valid-data DATA` (a shard folder is read as it is, not cached again); or use "
+        "fewer --num-workers",
+        len(urls), world, workers,
+        f" ({extra / 2**30:.1f} GiB read again per pass)" if extra is not None else "",
+        readers, size,
+    )
+
+
 def _manifest_counts(urls: list[str], manifest: Any) -> dict[str, int]:
     """Sample count per URL: from `manifest` by shard file name, else from the manifest.json
     beside each local shard."""
@@ -520,6 +550,14 @@ class TrainBatches:
             self._it = iter(self)
         return next(self._it)
 
+    def close(self) -> None:
+        """Stop the DataLoader's worker processes now (fit() calls this as it ends); left to the
+        garbage collector, the generator's reference cycle keeps them alive until a later
+        collection, which then stalls ~5 s joining them."""
+        it, self._it = self._it, None
+        if it is not None:
+            it.close()
+
 
 def _worker_message(message: str) -> str:
     # DataLoader re-raises a worker's error with its traceback in the message; keep the cause.
@@ -584,12 +622,7 @@ def train_batches(
     if not 0 <= rank < world:
         raise DataError(f"rank {rank} is outside world size {world}")
     workers = max(1, num_workers)
-    if len(urls) < world * workers:
-        log.warning(
-            "%d shards for %d ranks x %d workers: each reads every shard and keeps a share of "
-            "the samples; write more, smaller shards to avoid the extra reading",
-            len(urls), world, workers,
-        )
+    _warn_few_shards(urls, world, workers)
     counter = multiprocessing.Value("q", 0)
     dataset = PatchBatches(
         urls, scales=scales, batch_size=batch_size, patch_size=patch_size,

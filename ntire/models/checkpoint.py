@@ -6,14 +6,15 @@ A checkpoint folder holds
     config.yaml         `model:` the ModelConfig fields, `metadata:` free-form (source, step, ...)
 
 so a path alone rebuilds the network. `load_model` also accepts the authors' released `.pt`
-files. `init_from` starts a x3/x4 (or MDSR) model from a trained x2 one, as the paper does.
+files and BasicSR's/mmagic's EDSR `.pth` files (`official.py`, `zoo.py`). `init_from` starts a
+x3/x4 (or MDSR) model from a trained x2 one, as the paper does.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,17 @@ def save_model(
 
 
 def load_model(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    *,
+    say: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, ModelConfig]:
     """Load (model in eval mode on `map_location`, config) from a checkpoint path.
 
     `path` may be a checkpoint folder, its `model.safetensors` (config.yaml beside it), or a
-    released `.pt`/`.pth` state_dict. Anything else raises CheckpointError naming the path.
+    released `.pt`/`.pth` file: the authors' state_dict or a BasicSR/mmagic EDSR file, for which
+    `say` (if given) gets one line naming the toolbox and the weights used (`params_ema` over
+    `params`). Anything else raises CheckpointError naming the path.
     """
     path = Path(path)
     if path.is_dir():
@@ -99,13 +105,13 @@ def load_model(
     elif path.is_file() and path.suffix == ".safetensors":
         weights = path
     elif path.is_file() and path.suffix in RELEASED_SUFFIXES:
-        return load_released(path, map_location)
+        return load_released(path, map_location, say=say)
     elif not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     else:
         raise CheckpointError(
             f"{path}: not a checkpoint: expected a folder with {WEIGHTS_NAME} and {CONFIG_NAME}, "
-            f"a .safetensors file, or a released .pt state_dict"
+            f"a .safetensors file, or a released .pt/.pth file (authors', BasicSR or mmagic EDSR)"
         )
 
     config_path = weights.parent / CONFIG_NAME

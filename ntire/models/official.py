@@ -1,10 +1,13 @@
-"""Load the authors' released checkpoints (e.g. `edsr_x4-4f62e9ef.pt`) by path alone.
+"""Load the authors' released checkpoints (e.g. `edsr_x4-4f62e9ef.pt`) by path alone, and
+BasicSR's and mmagic's EDSR files (`EDSR_Lx4_f256b32_DIV2K_official-76ee1c8f.pth`), which
+`zoo.py` recognises by their contents and rewrites into the released layout first.
 
 A released file is a plain state_dict; the architecture is read off the tensors: the family from
 the key layout, F from the head conv, B from the body's block indices, each scale from its
-upsampler's convs. The residual scale cannot be read off the weights: following the authors, it
-is 0.1 for F=256 and 1 otherwise. Files are opened with `torch.load(weights_only=True)`, which
-refuses anything but tensors and plain containers, so a hostile pickle never runs code.
+upsampler's convs. The residual scale cannot be read off the weights: following the authors (and
+BasicSR's official EDSR configs), it is 0.1 for F=256 and 1 otherwise. Files are opened with
+`torch.load(weights_only=True)`, which refuses anything but tensors and plain containers, so a
+hostile pickle never runs code.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +25,7 @@ from torch import nn
 from ntire.config import DIV2K_RGB_MEAN, ModelConfig
 from ntire.errors import CheckpointError, ConfigError
 from ntire.models.build import build_model
+from ntire.models.zoo import ZooFile, identify_other_network, read_zoo_file
 
 # Prefixes that wrappers add to every key (DataParallel/DDP, torch.compile, a `model` attribute).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -32,6 +37,9 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> ModelConfig:
     Raises CheckpointError saying what is missing or inconsistent.
     """
     sd = _plain_state_dict(state_dict)
+    other = identify_other_network(list(sd))
+    if other:  # no key of the EDSR/MDSR layouts matches these markers
+        raise CheckpointError(f"a state_dict of {other}, not EDSR/MDSR; ntire loads EDSR/MDSR networks only")
     if "head.0.weight" not in sd:
         raise CheckpointError(f"no 'head.0.weight': not an EDSR/MDSR state_dict (keys: {_some(sd)})")
     head = sd["head.0.weight"]
@@ -74,14 +82,72 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> ModelConfig:
         raise CheckpointError(f"inferred an invalid architecture: {e}") from None
 
 
-def load_released(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, ModelConfig]:
-    """Load a released-layout `.pt` state_dict as (model in eval mode on `map_location`, config).
+@dataclass(frozen=True)
+class Source:
+    """Which layout a loaded file was in and which of its weights were used."""
 
-    Never executes code from the file. Raises CheckpointError naming the file if it is missing,
-    is not a plain state_dict (pickled objects, random bytes), or is not an EDSR/MDSR one.
+    layout: str = "authors"
+    """`authors` (the released EDSR-PyTorch state_dict), `basicsr` or `mmagic`."""
+
+    weights: str | None = None
+    """The file's entry the weights came from (`params_ema`, `params`, `state_dict/generator`)."""
+
+    others: tuple[str, ...] = ()
+    """The file's other weights, left unused."""
+
+    conversion: str = ""
+    """What was done to the tensors besides renaming them."""
+
+    def describe(self, config: ModelConfig) -> str:
+        """One line saying what was loaded and what was assumed because the file cannot say it."""
+        if self.layout == "authors":
+            return f"the authors' released layout: {config.name} x{config.scales}"
+        toolbox = {"basicsr": "BasicSR", "mmagic": "mmagic"}.get(self.layout, self.layout)
+        if self.others:
+            others = f" (preferred over {', '.join(repr(o) for o in self.others)})"
+        else:
+            others = " (no 'params_ema' in the file)" if self.layout == "basicsr" else ""
+        conversion = f"; converted: {self.conversion}" if self.conversion else "; tensors unchanged"
+        range_ = "img_range 255" if self.layout == "basicsr" else "std 1"
+        return (
+            f"{toolbox} EDSR F={config.n_feats} B={config.n_blocks} x{config.scales[0]}, weights "
+            f"{self.weights!r}{others}{conversion}; not stored in the file, as in {toolbox}'s official "
+            f"EDSR configs: residual scale {config.res_scale:g} (0.1 for F=256, else 1), {range_}, "
+            f"DIV2K mean {tuple(round(m, 4) for m in config.rgb_mean)}"
+        )
+
+    def as_metadata(self) -> dict[str, object]:
+        """Plain YAML fields for a converted checkpoint's metadata."""
+        out: dict[str, object] = {"source_layout": self.layout}
+        if self.weights is not None:
+            out["source_weights"] = self.weights
+        return out
+
+
+def load_released(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    *,
+    say: Callable[[str], None] | None = None,
+) -> tuple[nn.Module, ModelConfig]:
+    """Load a released-layout `.pt` state_dict, or a BasicSR/mmagic EDSR file, as (model in eval
+    mode on `map_location`, config).
+
+    For a BasicSR/mmagic file, `say` (if given) receives one line naming the toolbox, which of the
+    file's weights were used (`params_ema` over `params`) and what was assumed. Never executes
+    code from the file. Raises CheckpointError naming the file if it is missing, is not a plain
+    state_dict (pickled objects, random bytes), or is not an EDSR/MDSR one.
     """
+    model, config, source = load_released_file(path, map_location)
+    if say is not None and source.layout != "authors":
+        say(f"{Path(path).name}: {source.describe(config)}")
+    return model, config
+
+
+def load_released_file(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelConfig, Source]:
+    """`load_released`, also returning the file's Source (layout, weights used)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -92,13 +158,18 @@ def load_released(
     except Exception as e:  # torch raises several types; all mean "not a safe state_dict"
         raise CheckpointError(f"{path}: {_why_unloadable(e)}") from None
     try:
-        sd = _plain_state_dict(obj)
+        zoo: ZooFile | None = read_zoo_file(obj)
+        if zoo is None:
+            sd, source = _plain_state_dict(obj), Source()
+        else:
+            sd = zoo.state_dict
+            source = Source(zoo.toolbox, zoo.weights, zoo.others, zoo.conversion)
         config = infer_config(sd)
         model = build_model(config)
         load_weights(model, sd)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    return model.to(map_location).eval(), config
+    return model.to(map_location).eval(), config, source
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:

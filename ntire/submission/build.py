@@ -47,8 +47,8 @@ class RunOptions:
     progress: bool = True
     """Show progress bars."""
 
-    tile: int | None | Literal["manifest"] = "manifest"
-    """Override the manifest's tile size."""
+    tile: int | Literal["auto", "manifest"] | None = "manifest"
+    """Override the manifest's tile size: `auto`, 0 or None (whole images), N; `manifest`: keep it."""
 
     batch_size: int | None = None
     """Override the manifest's tiles per forward pass."""
@@ -94,7 +94,7 @@ def build_track(
     for scale in scales:
         checkpoint = checkpoints[scale]
         if checkpoint not in models:
-            model, config = load_model(checkpoint, map_location="cpu")
+            model, config = load_model(checkpoint, map_location="cpu", say=print)
             models[checkpoint] = (model.eval().to(run.device), config)
         model, config = models[checkpoint]
         if scale not in config.scales:
@@ -116,7 +116,8 @@ class _Run:
     split: str
     out: Path
     device: Any
-    tile: int | None
+    tile: int | Literal["auto"] | None
+    """`auto`, None or 0 (whole images), or a tile size: `ntire.inference.upscale_image`'s `tile`."""
     batch: int
     compare: bool
     progress: bool

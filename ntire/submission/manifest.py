@@ -117,9 +117,10 @@ class SubmissionManifest:
     split: Literal["test", "valid"] = "test"
     """`test` (0901-1000, what the challenge scores) or `valid` (0801-0900, scored here)."""
 
-    tile: int | None = 512
-    """Run inference in tiles of this many LR pixels (bounded memory, same output; the overlap
-    between tiles costs compute); null: whole images."""
+    tile: int | str | None = "auto"
+    """Inference tiles, in LR pixels: `auto` runs each image whole if it fits the memory free on
+    the device, else in the largest tiles that fit; 0 or null: whole images; N: tiles of N. The
+    output is the same either way (the overlap between tiles costs compute)."""
 
     batch_size: int = 4
     """Tiles (or ensemble variants) per forward pass."""
@@ -133,8 +134,12 @@ class SubmissionManifest:
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"name must be a non-empty file-name-safe string, got {self.name!r}")
-        if self.tile is not None and self.tile < 1:
-            raise ConfigError(f"tile must be positive or null, got {self.tile}")
+        if isinstance(self.tile, str) and self.tile.strip().lower() == "auto":
+            object.__setattr__(self, "tile", "auto")
+        elif self.tile is not None and (isinstance(self.tile, (bool, str)) or self.tile < 0):
+            raise ConfigError(
+                f"tile must be auto, 0 or null (whole images) or a positive number of LR pixels, got {self.tile!r}"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if self.bicubic is None and self.unknown is None:

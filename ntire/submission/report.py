@@ -147,13 +147,18 @@ def log_results(
     params: dict[str, Any],
     report_dir: Path,
     uri: str | None = None,
+    data: str | Path | None = None,
     say: Callable[[str], None] = print,
 ) -> str | None:
     """Log a track's results as one MLflow run (metrics per scale, `report_dir` as artifacts) in
     the `ntire-submissions` experiment; the run id, or None when MLflow is missing or unreachable
-    (said through `say`)."""
+    (said through `say`). Tagged with where it came from (ntire.training.tracking.provenance_tags):
+    code, versions, host, the device the results were made on, and the identity of the data
+    folder, `data` (default: `params["data"]`, which `ntire submit` sets)."""
     from ntire.training.tracking import log_report
 
+    data = data if data is not None else params.get("data")
+    devices = sorted({r.device for r in results})
     return log_report(
         experiment=MLFLOW_EXPERIMENT,
         run_name=run_name,
@@ -161,6 +166,8 @@ def log_results(
         metrics=results_metrics(results),
         report_dir=report_dir,
         uri=uri,
+        data=data,
+        tags={"ntire.device": ",".join(devices)} if devices else None,
         say=say,
     )
 

@@ -18,6 +18,9 @@ without a word (measured with accelerate 1.15, deepspeed 0.19, torch 2.13 on a C
   (fp32 weights) since its bf16 mode casts the model and fails on fp32 batches; ZeRO-3 and a
   DeepSpeed "optimizer" section are refused (see `_fill_deepspeed_config`).
 
+DeepSpeed is imported only when a launch uses it (`uses_deepspeed`, or a ZeRO-3 gather): a plain
+run never pays its import or prints its "Setting accelerator to CPU" warning.
+
 `finish` ends a job: barrier, then destroy the process group, which makes the "terminate called
 without an active exception" abort at interpreter exit much rarer (1 run in 3 -> 1 in 18 under
 DeepSpeed). `record_rank` writes what each process ended with (rank, world size, a hash of its
@@ -40,6 +43,7 @@ from torch import nn
 
 from ntire.errors import ConfigError
 from ntire.files import atomic_write_text
+from ntire.models.build import unwrap
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -277,7 +281,9 @@ def weights_digest(model: nn.Module, accelerator: Accelerator | None = None) -> 
     Under ZeRO-3 each process holds only a partition; the parameters are gathered first (a
     collective: every process must call this then).
     """
-    module = accelerator.unwrap_model(model, keep_torch_compile=False) if accelerator is not None else model
+    # Not `accelerator.unwrap_model`: it imports DeepSpeed whenever it is installed (seconds, and
+    # DeepSpeed's "Setting accelerator to CPU" warning on every CPU run that never uses it).
+    module = unwrap(model)
     gather = _zero3_gather(module, accelerator)
     digest = hashlib.sha256()
     with gather:

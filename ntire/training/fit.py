@@ -29,9 +29,23 @@ from ntire.config import TrainConfig, config_to_yaml, flatten, run_name, to_dict
 from ntire.errors import CheckpointError, ConfigError
 from ntire.files import atomic_write_text
 from ntire.models.build import count_parameters
-from ntire.training.distributed import finish, has_gpu, make_accelerator, record_rank
+from ntire.training.distributed import (
+    finish,
+    has_gpu,
+    make_accelerator,
+    mixed_precision,
+    record_rank,
+    uses_deepspeed,
+)
 from ntire.training.export import export_model
-from ntire.training.inputs import prepare_training_shards, training_batches, training_urls, validation_set
+from ntire.training.inputs import (
+    prepare_training_shards,
+    shard_cache_dir,
+    training_batches,
+    training_urls,
+    validation_root,
+    validation_set,
+)
 from ntire.training.state import (
     Checkpoint,
     TrainState,
@@ -43,7 +57,7 @@ from ntire.training.state import (
     prune_checkpoints,
     save_checkpoint,
 )
-from ntire.training.tracking import start_tracking
+from ntire.training.tracking import Tracker, provenance_tags, start_tracking
 from ntire.training.validate import Validation, run_validation
 
 if TYPE_CHECKING:
@@ -87,6 +101,10 @@ def fit(
     if config.mixed_precision == "auto":
         config = dataclasses.replace(config, mixed_precision="bf16" if native_bf16() else "no")
     accelerator = accelerator or make_accelerator(config)
+    # The layout follows the precision the launch settled on (the config's or `accelerate launch`'s).
+    config = dataclasses.replace(
+        config, channels_last=resolve_channels_last(config.channels_last, mixed_precision(accelerator), native_bf16)
+    )
     with contextlib.ExitStack() as cleanup:
         if own_accelerator:
             cleanup.callback(release_accelerator, accelerator)
@@ -151,23 +169,28 @@ def fit(
         if valid_images is None:
             say("no validation data (training from shards; give --valid-data DIR): validation skipped")
 
+        # -- Tracking: the config as params, as resolved (precision, log interval), and tags saying
+        # where the run came from (code, versions, host, devices, data).
+        precision = mixed_precision(accelerator)
+        log_every = log_interval(config)
         tracker = cleanup.enter_context(
             start_tracking(
                 config.tracking,
                 run_name=name,
                 output_dir=out,
-                params=flatten(config),
+                params={**flatten(config), "mixed_precision": precision, "log_every": log_every},
+                tags=run_tags(config, accelerator, precision) if main and config.tracking.enabled else None,
                 resume_run_id=state.tracking_run_id,
                 main_process=main,  # its warnings go to stderr
             )
         )
-        tracker.set_tags({"ntire.processes": accelerator.num_processes, "ntire.device": accelerator.device})
+        say(_tracking_line(tracker, config))
 
         per_update = config.data.batch_size * config.optim.grad_accum * accelerator.num_processes
         say(
             f"{name}: {config.model.name} x{'/'.join(map(str, config.scales))}, "
             f"{count_parameters(model):,} parameters, {accelerator.num_processes} process(es) on "
-            f"{accelerator.device}, precision {accelerator.mixed_precision}, {per_update} patches of "
+            f"{accelerator.device}, precision {precision}, {per_update} patches of "
             f"{config.data.patch_size}px per update, updates {state.step} -> {config.max_steps}"
         )
 
@@ -184,10 +207,13 @@ def fit(
             meter.add_loss(update(model, optimizer, accelerator, micro_batches, config))
             scheduler.step()
             step += 1
+            if step % log_every == 0 or step == config.max_steps:
+                # The GPU runs ahead of this loop: wait for it before timing, or patches/s lies.
+                _synchronize(accelerator.device)
             meter.add_update(time.perf_counter() - started, per_update)
             bar.update(1)
 
-            if step % config.log_every == 0 or step == config.max_steps:
+            if step % log_every == 0 or step == config.max_steps:
                 metrics = meter.flush(accelerator, lr=scheduler.get_last_lr()[0])
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}",
                                 patches_s=f"{metrics['train/patches_per_s']:.0f}", refresh=False)
@@ -263,6 +289,50 @@ def native_bf16() -> bool:
     return any(probe() for probe in probes if probe is not None)
 
 
+def log_interval(config: TrainConfig) -> int:
+    """Updates between two logs of loss, lr and patches/s: `config.log_every`, or by default
+    max(1, min(25, max_steps // 50)), so that a run logs at least every 25 updates and draws a
+    curve of at least 50 points (every update for runs shorter than 100 updates)."""
+    if config.log_every is not None:
+        return config.log_every
+    return max(1, min(25, config.max_steps // 50))
+
+
+def run_tags(config: TrainConfig, accelerator: Accelerator, precision: str) -> dict[str, str]:
+    """The MLflow tags of a training run (ntire.training.tracking.provenance_tags): code,
+    versions, host, world size, device, precision, and the data's identity (the shard manifest's
+    sha256: a dataset folder's shard cache, or the shard folder given)."""
+    source = config.data.source
+    deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None or uses_deepspeed()
+    tags = provenance_tags(
+        data=source,
+        shard_dir=shard_cache_dir(config) if Path(source).is_dir() else None,
+        valid_data=validation_root(config),
+        world_size=accelerator.num_processes,
+        device=accelerator.device,
+        precision=precision,
+        deepspeed=deepspeed,
+    )
+    tags["ntire.processes"] = str(accelerator.num_processes)  # the tag's earlier name
+    return tags
+
+
+def _tracking_line(tracker: Tracker, config: TrainConfig) -> str:
+    if tracker.active:
+        return tracker.where()
+    if not config.tracking.enabled:
+        return "MLflow tracking off (tracking.enabled is false)"
+    return "MLflow tracking off for this run (see above)"
+
+
+def resolve_channels_last(asked: bool | None, precision: str, native_bf16: Callable[[], bool]) -> bool:
+    """`channels_last` as a run uses it: as asked, or by default exactly when it computes in bf16
+    on hardware that has bf16 natively (where the layout was measured to pay)."""
+    if asked is not None:
+        return asked
+    return precision == "bf16" and native_bf16()
+
+
 def build_training_model(config: TrainConfig, *, fresh: bool, say: Callable[[str], None]) -> nn.Module:
     """The network, initialised from `config.init_from` when starting afresh, in the configured
     memory layout, compiled if asked."""
@@ -272,7 +342,7 @@ def build_training_model(config: TrainConfig, *, fresh: bool, say: Callable[[str
     if config.init_from and fresh:
         from ntire.models.checkpoint import init_from, load_model
 
-        source, source_config = load_model(config.init_from)
+        source, source_config = load_model(config.init_from, say=say)
         report = init_from(model, config.model, source.state_dict())
         say(f"initialised from {config.init_from} ({source_config.name} x{source_config.scales}): {report}")
     if config.channels_last:
@@ -390,6 +460,13 @@ def _progress_bar(config: TrainConfig, accelerator: Accelerator, *, initial: int
     )
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "xpu":
+        torch.xpu.synchronize(device)
+
+
 def _close(batches: Any) -> None:
     # Stops DataLoader worker processes now rather than whenever the generator is collected.
     close = getattr(batches, "close", None)
@@ -404,4 +481,5 @@ def _append_jsonl(out: Path, main: bool, record: dict[str, Any]) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-__all__ = ["RUN_CONFIG_NAME", "FitResult", "build_training_model", "fit", "native_bf16", "update"]
+__all__ = ["RUN_CONFIG_NAME", "FitResult", "build_training_model", "fit", "log_interval", "native_bf16", "run_tags",
+           "update"]

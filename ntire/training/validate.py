@@ -4,7 +4,9 @@ The validation images are loaded once per job, split across processes, and their
 computed then (the baseline never changes). Each validation super-resolves this process's share,
 gathers every process's per-image scores and averages them per scale, so all processes see the
 same result. Scores follow the protocol of the data: `div2k` (RGB, scale + 6 border) for DIV2K
-valid, `benchmark` (Y channel, scale border) for Set5-like sets.
+valid, `benchmark` (Y channel, scale border) for Set5-like sets. The picture (`comparison`) shows
+the first image of each scale: the HR image with a box, and that box's Bicubic, SR and HR crops
+labelled with their PSNR/SSIM.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from ntire.config import ModelConfig, TrainConfig
+from ntire.figures import comparison_figure, model_label
 from ntire.metrics import Score, score
 
 if TYPE_CHECKING:
@@ -67,7 +70,8 @@ class Validation:
 
     scales: dict[int, ScaleValidation]
     comparisons: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-    """Per scale, a bicubic | SR | HR crop side by side (main process only; may be empty)."""
+    """Per scale, the labelled comparison picture of this process's first image of that scale (see
+    `comparison`; may be empty)."""
 
     @property
     def mean_psnr(self) -> float:
@@ -139,7 +143,10 @@ def validate(
         s = score(sr, image.hr, scale=image.scale, protocol=protocol)
         rows.append((image.scale, s.psnr, s.ssim, image.bicubic.psnr, image.bicubic.ssim))
         if image.bicubic_image is not None:
-            comparisons[image.scale] = comparison(image.bicubic_image, sr, image.hr, comparison_crop)
+            comparisons[image.scale] = comparison(
+                image.bicubic_image, sr, image.hr, scale=image.scale, protocol=protocol, crop=comparison_crop,
+                name=image.name, model=f"{model_label(config.name)} (this run)",
+            )
     rows = gather(rows)
     results = {}
     for scale in sorted({r[0] for r in rows}):
@@ -149,14 +156,28 @@ def validate(
     return Validation(results, comparisons)
 
 
-def comparison(bicubic: np.ndarray, sr: np.ndarray, hr: np.ndarray, crop: int = 128, gap: int = 4) -> np.ndarray:
-    """A centred `crop`-pixel square of bicubic | SR | HR side by side, white gaps between."""
-    h, w = hr.shape[:2]
-    ch, cw = min(crop, h), min(crop, w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    tiles = [im[top : top + ch, left : left + cw] for im in (bicubic, sr, hr)]
-    spacer = np.full((ch, gap, 3), 255, dtype=np.uint8)
-    return np.ascontiguousarray(np.concatenate([tiles[0], spacer, tiles[1], spacer, tiles[2]], axis=1))
+def comparison(
+    bicubic: np.ndarray,
+    sr: np.ndarray,
+    hr: np.ndarray,
+    *,
+    scale: int,
+    protocol: str = "div2k",
+    crop: int = 128,
+    name: str | None = None,
+    model: str = "SR",
+) -> np.ndarray:
+    """The validation picture: the HR image at the crops' height with the crop's box drawn, then
+    the Bicubic, `model` and HR crops, each labelled with the crop's PSNR/SSIM and the image's.
+
+    The crop is the `crop`-pixel square where SR and bicubic differ most, inside the border the
+    protocol ignores; its scores are the protocol's over exactly its pixels (ntire.figures).
+    """
+    picture, _ = comparison_figure(
+        hr, bicubic, [(model, sr)], scale=scale, protocol=protocol, box_size=crop, name=name,
+        hr_first=False, tile=crop, font_size=13 if crop >= 112 else 11,
+    )
+    return picture
 
 
 def run_validation(

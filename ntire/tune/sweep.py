@@ -12,7 +12,8 @@ last checkpoint (FailureConfig). The best trial's config is written as `best.yam
 `ntire train --config` reads as it is.
 
 Tracking: the sweep is one MLflow run, each trial a child run (tag `mlflow.parentRunId`) logged by
-`fit` exactly as a training job, named after its setup plus the trial id. The parent run and
+`fit` exactly as a training job (provenance tags included), named after its setup plus the trial
+id; the parent run carries the driver's provenance tags (`sweep_tags`). The parent run and
 experiment are created here in the driver, before any trial, because trials racing to create a
 fresh SQLite store collide.
 
@@ -229,6 +230,8 @@ def run_sweep(
     with _parent_run(state, base, out) as (state, tracker):
         save_yaml(state, out / SWEEP_FILE)
         shard_once(base)
+        if tracker is not None:
+            tracker.set_tags(sweep_tags(base))  # now with the shard cache's manifest
         with ray_session(address):
             results = _tuner(state, base, space, out, callbacks).fit()
         return _finish(state, base, space, out, results, tracker)
@@ -299,13 +302,32 @@ def _parent_run(state: SweepState, base: TrainConfig, out: Path) -> Iterator[tup
     params.update({f"sweep.{k}": v for k, v in to_dict(state.options).items()})
     params.update(flatten(base))
     tracker = start_tracking(dataclasses.replace(base.tracking, uri=uri), run_name=state.name, output_dir=out,
-                             params=params, resume_run_id=state.parent_run_id, say=_say)
+                             params=params, tags=sweep_tags(base), resume_run_id=state.parent_run_id, say=_say)
     if not tracker.active:
         yield dataclasses.replace(state, tracking_uri=None), None
         return
+    _say(tracker.where())
     with tracker:
         tracker.set_tags({"ntire.sweep": "parent", "ntire.space": state.space_source})
         yield dataclasses.replace(state, tracking_uri=uri, parent_run_id=tracker.run_id), tracker
+
+
+def sweep_tags(base: TrainConfig) -> dict[str, str]:
+    """The sweep's MLflow run tags (ntire.training.tracking.provenance_tags): the driver's code,
+    versions (Ray's too) and host, and the data's identity (with the shared shard cache's
+    manifest once it is built). Each trial's run has its own, from `fit`: its host, devices,
+    precision."""
+    import ray
+
+    from ntire.training.inputs import shard_cache_dir, validation_root
+    from ntire.training.tracking import provenance_tags
+
+    source = base.data.source
+    shared = base.data.shard_dir and Path(source).is_dir()
+    tags = provenance_tags(data=source, shard_dir=shard_cache_dir(base) if shared else None,
+                           valid_data=validation_root(base))
+    tags["ntire.version.ray"] = ray.__version__
+    return tags
 
 
 def _setup(state: SweepState, base: TrainConfig, out: Path) -> TrialSetup:

@@ -124,7 +124,8 @@ class TrialReporter:
             self._report(row)
 
     def _file_run(self, checkpoint: Path) -> None:
-        """Tag the trial's MLflow run (its id is in the checkpoint) as a child of the sweep's."""
+        """Tag the trial's MLflow run (its id is in the checkpoint) as a child of the sweep's
+        (`fit` has set its provenance tags: code, versions, host, devices, precision, data)."""
         self._filed = True
         if not (self.setup.parent_run_id and self.setup.tracking_uri):
             return
@@ -134,11 +135,13 @@ class TrialReporter:
         if not run_id:
             return
         try:
+            from mlflow.entities import RunTag
             from mlflow.tracking import MlflowClient
 
-            client = MlflowClient(tracking_uri=self.setup.tracking_uri)
-            client.set_tag(run_id, "mlflow.parentRunId", self.setup.parent_run_id)
-            client.set_tag(run_id, "ntire.trial_id", self.trial_id)
+            tags = {"mlflow.parentRunId": self.setup.parent_run_id, "ntire.trial_id": self.trial_id,
+                    "ntire.sweep": "trial"}
+            MlflowClient(tracking_uri=self.setup.tracking_uri).log_batch(
+                run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         except Exception as e:  # noqa: BLE001 - tracking must never stop training
             print(f"ntire tune: could not file MLflow run {run_id} under the sweep ({e})", file=sys.stderr)
 

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 MINIMAL_ARGS = {
     "upscale": ["--checkpoint", "missing-model", "--scale", "2", "in.png", "out.png"],
     "benchmark": ["--checkpoint", "missing-model", "--root", "."],
+    "compare": ["--hr", "missing.png", "--checkpoint", "missing-model", "--scale", "2", "--out", "fig.png"],
     "submit": ["--manifest", "missing.yaml"],
 }
 

@@ -67,6 +67,62 @@ def test_file_to_file_matches_the_library_and_tiling_changes_nothing(checkpoints
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "tiled.png")), whole)
 
 
+def test_tile_auto_is_the_default_and_0_forces_the_whole_image(checkpoints, tmp_path, rng, monkeypatch):
+    import ntire.inference
+
+    monkeypatch.delenv("NTIRE_MEMORY_BUDGET", raising=False)
+    image = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    _save(tmp_path / "a.png", image)
+    tiled = []
+    real = ntire.inference.tiled_forward
+    monkeypatch.setattr(ntire.inference, "tiled_forward", lambda *a, **k: tiled.append(k["tile"]) or real(*a, **k))
+    want = _expected(checkpoints["edsr"], image, 2, tile=0)
+    for extra in ([], ["--tile", "auto"], ["--tile", "0"]):
+        assert _upscale(checkpoints["edsr"], 2, tmp_path / "a.png", tmp_path / "o.png", *extra) == 0
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o.png")), want)
+    assert tiled == []  # a small image in plenty of memory runs whole
+
+
+def test_a_small_memory_budget_tiles_and_changes_nothing(checkpoints, tmp_path, rng, monkeypatch):
+    """NTIRE_MEMORY_BUDGET below what the whole image needs: auto picks tiles, same output."""
+    from ntire.inference import estimate_memory, plan_tiles, tile_layout
+    from ntire.models.build import receptive_field_radius
+    from ntire.models.checkpoint import load_model
+
+    image = rng.integers(0, 256, (60, 52, 3), dtype=np.uint8)
+    _save(tmp_path / "a.png", image)
+    _, config = load_model(checkpoints["edsr"])
+    budget = estimate_memory(config, 2, 60, 52, tile=None) - 1
+    plan = plan_tiles(config, 2, 60, 52, budget=budget)
+    assert plan.tile is not None and tile_layout(60, 52, plan.tile, receptive_field_radius(config))[0] > 1
+    import ntire.inference
+
+    tiles = []
+    real = ntire.inference.tiled_forward
+    monkeypatch.setattr(ntire.inference, "tiled_forward", lambda *a, **k: tiles.append(k["tile"]) or real(*a, **k))
+    monkeypatch.setenv("NTIRE_MEMORY_BUDGET", str(budget))
+    assert _upscale(checkpoints["edsr"], 2, tmp_path / "a.png", tmp_path / "auto.png") == 0
+    assert tiles == [plan.tile]
+    monkeypatch.delenv("NTIRE_MEMORY_BUDGET")
+    assert _upscale(checkpoints["edsr"], 2, tmp_path / "a.png", tmp_path / "whole.png", "--tile", "0") == 0
+    auto, whole = (np.asarray(Image.open(tmp_path / f"{n}.png")).astype(int) for n in ("auto", "whole"))
+    assert auto.shape == whole.shape == (120, 104, 3)
+    assert (auto != whole).mean() < 1e-4 and np.abs(auto - whole).max() <= 1  # float rounding at most
+
+
+def test_a_budget_too_small_for_any_tile_is_one_line_naming_the_memory(checkpoints, tmp_path, rng, capsys,
+                                                                       monkeypatch):
+    _save(tmp_path / "a.png", rng.integers(0, 256, (60, 52, 3), dtype=np.uint8))
+    monkeypatch.setenv("NTIRE_MEMORY_BUDGET", "64K")
+    err = _fails(capsys, checkpoints["edsr"], 2, tmp_path / "a.png", tmp_path / "o.png")
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ntire upscale: error: {tmp_path / 'a.png'}: a 52x60 LR image")
+    assert "needs about" in err and "64 KiB is allowed by NTIRE_MEMORY_BUDGET" in err and "--tile N" in err
+    assert not (tmp_path / "o.png").exists()
+    # A forced tile does not ask the budget.
+    assert _upscale(checkpoints["edsr"], 2, tmp_path / "a.png", tmp_path / "o.png", "--tile", "16") == 0
+
+
 def test_self_ensemble_flag_and_file_into_existing_folder(checkpoints, tmp_path, rng):
     image = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
     _save(tmp_path / "a.png", image)
@@ -107,7 +163,7 @@ def test_a_killed_runs_temp_files_are_removed_and_never_read(checkpoints, tmp_pa
 def _fails(capsys, *args) -> str:
     try:
         code = _upscale(*args)
-    except SystemExit as e:  # argparse's own checks (e.g. --tile 0) exit 2 as well
+    except SystemExit as e:  # argparse's own checks (e.g. --tile -3) exit 2 as well
         code = e.code
     assert code == 2
     err = capsys.readouterr().err
@@ -132,7 +188,9 @@ def test_bad_inputs_and_options_are_reported_not_raised(checkpoints, tmp_path, r
     assert "transparent" in _fails(capsys, ckpt, 2, tmp_path / "clear.png", tmp_path / "o.png")
     assert "deep.png" in _fails(capsys, ckpt, 2, tmp_path / "deep.png", tmp_path / "o.png")
     assert "missing.png" in _fails(capsys, ckpt, 2, tmp_path / "missing.png", tmp_path / "o.png")
-    assert "--tile" in _fails(capsys, ckpt, 2, tmp_path / "clear.png", tmp_path / "o.png", "--tile", "0")
+    for bad in ("-3", "big"):
+        err = _fails(capsys, ckpt, 2, tmp_path / "clear.png", tmp_path / "o.png", "--tile", bad)
+        assert f"argument --tile: expected auto, 0 (whole image) or a positive integer, got {bad!r}" in err
     assert "overwrite" in _fails(capsys, ckpt, 2, tmp_path, tmp_path)
     assert "no such checkpoint" in _fails(capsys, tmp_path / "nope", 2, tmp_path / "clear.png", tmp_path / "o.png")
     assert not (tmp_path / "o.png").exists()

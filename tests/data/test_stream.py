@@ -119,6 +119,16 @@ def test_two_workers_resume_exactly(shard_dir):
     assert _same(resumed, fresh[5:])
 
 
+def test_close_stops_the_worker_processes_at_once(shard_dir):
+    import multiprocessing
+
+    stream = train_batches(_urls(shard_dir, 4), scales=(2,), seed=1, **dict(SMALL, num_workers=2))
+    next(stream)
+    assert len(multiprocessing.active_children()) >= 2
+    stream.close()
+    assert multiprocessing.active_children() == []  # joined, not left to a later collection
+
+
 @pytest.mark.parametrize("n_shards", [None, 1])  # shard-level split; one shard: sample-level split
 def test_ranks_read_disjoint_complete_sets_each_epoch(shard_dir, n_shards):
     urls = _urls(shard_dir, n_shards)
@@ -215,3 +225,21 @@ def test_truncated_shard_is_named(shard_dir, tmp_path):
         _take(train_batches(str(cut), scales=(2,), **SMALL), 30)
     with pytest.raises(DataError, match="missing.tar: cannot open shard"):
         _take(train_batches(str(tmp_path / "missing.tar"), scales=(2,), **SMALL), 1)
+
+
+def test_few_shards_warn_only_when_the_extra_reading_counts(shard_dir, caplog, monkeypatch):
+    """One small local shard for 4 ranks is read 4 times: cheap, so no warning; when it counts,
+    the warning says what to run (`ntire data shard --shard-size`) and how many shards."""
+    import ntire.data.stream as stream
+
+    one = _urls(shard_dir, 1)
+    with caplog.at_level(logging.DEBUG, logger="ntire.data.stream"):
+        train_batches(one, scales=(2,), rank=0, world_size=4, **SMALL)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    caplog.clear()
+    monkeypatch.setattr(stream, "FEW_SHARDS_WARN_BYTES", 0)
+    with caplog.at_level(logging.WARNING, logger="ntire.data.stream"):
+        train_batches(one, scales=(2,), rank=0, world_size=4, **SMALL)
+    assert "Write at least 4 shards" in caplog.text
+    assert "ntire data shard" in caplog.text and "--shard-size" in caplog.text
+    assert "--data SHARDS --valid-data DATA" in caplog.text

@@ -151,3 +151,33 @@ def test_first_existing_candidate_checkpoint_serves(tmp_path, write_manifest, bu
     assert r.checkpoint == checkpoints["edsr"] and r.model_name == "edsr-b1f8"
     readme, _ = parse_readme(zipfile.ZipFile(r.zip_path).read("readme.txt").decode())
     assert f"checkpoint {checkpoints['edsr']}" in readme.description  # the one used, not the first
+
+
+@pytest.mark.parametrize(
+    "manifest_tile, override, expected",
+    [("auto", "manifest", "auto"), (None, "manifest", None), (8, "auto", "auto"), ("auto", 0, 0), ("auto", 8, 8)],
+)
+def test_the_tile_flows_from_the_manifest_or_the_override_to_inference(
+    tmp_path, write_manifest, build, monkeypatch, manifest_tile, override, expected
+):
+    import ntire.inference
+
+    seen = []
+    real = ntire.inference.upscale_image
+    monkeypatch.setattr(ntire.inference, "upscale_image", lambda *a, **k: seen.append(k["tile"]) or real(*a, **k))
+    manifest = load_manifest(write_manifest(tmp_path, tile=manifest_tile))
+    (r,) = build(manifest, tmp_path / "out", "unknown", scales=(2,), tile=override)
+    assert seen and set(seen) == {expected}
+    assert check_zip(r.zip_path, Expected.from_json(expected_record_path(r.zip_path).read_text())) == []
+
+
+def test_a_memory_budget_too_small_for_any_tile_stops_the_build_naming_the_memory(
+    tmp_path, write_manifest, build, monkeypatch
+):
+    from ntire.inference import MemoryBudgetError
+
+    monkeypatch.setenv("NTIRE_MEMORY_BUDGET", "1K")
+    manifest = load_manifest(write_manifest(tmp_path, tile="auto"))
+    with pytest.raises(MemoryBudgetError, match=r"needs about .* 1 KiB is allowed by NTIRE_MEMORY_BUDGET"):
+        build(manifest, tmp_path / "out", "unknown", scales=(2,))
+    assert not (tmp_path / "out" / "unknown_x2.zip").exists()

@@ -53,12 +53,12 @@ def test_unreadable_manifest_names_the_file(tmp_path):
         load_manifest(bad)
 
 
-def test_sample_manifest_prefers_the_demo_model_for_bicubic_x2():
+def test_sample_manifest_serves_bicubic_x2_with_the_demo_model():
     manifest = load_manifest(REPO / "submissions" / "sample.yaml")
     x2 = manifest.track("bicubic").entry_for(2)
-    assert x2.candidates == ("runs/demo/model", "runs/submissions/sample-models/mdsr-tiny-bicubic/model")
-    small = "runs/submissions/sample-models/mdsr-tiny-bicubic/model"
-    assert manifest.track("bicubic").entry_for(3).candidates == (small,)
+    assert x2.candidates == ("runs/demo/model",) and x2.made_by == "make demo"
+    x3 = "runs/submissions/sample-models/edsr-baseline-x3-bicubic/model"  # fine-tuned from the demo's
+    assert manifest.track("bicubic").entry_for(3).candidates == (x3,)
     assert all(e.made_by for t in manifest.tracks for e in manifest.track(t).models)
 
 
@@ -152,7 +152,20 @@ def test_manifest_checkpoints_maps_every_scale_of_a_track(tmp_path):
 
 def test_manifest_checkpoints_defaults_to_the_sample_manifest(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no runs/ here: the sample's checkpoints are all missing
-    message = (r"^runs/demo/model or .*mdsr-tiny-bicubic/model: checkpoint not found \(bicubic x2\); "
-               r"make it with `make sample-models TRACK=bicubic`$")
+    message = r"^runs/demo/model: checkpoint not found \(bicubic x2\); make it with `make demo`$"
     with pytest.raises(CheckpointError, match=message):
         manifest_checkpoints(None, "bicubic")
+
+
+def test_tile_is_auto_by_default_and_takes_whole_or_a_size(tmp_path):
+    path = tmp_path / "m.yaml"
+    base = "name: x\nbicubic: {models: [{checkpoint: a, scales: [2]}]}\n"
+    path.write_text(base)
+    assert load_manifest(path).tile == "auto"
+    for text, want in (("auto", "auto"), ("AUTO", "auto"), ("0", 0), ("null", None), ("256", 256)):
+        path.write_text(base + f"tile: {text}\n")
+        assert load_manifest(path).tile == want, text
+    for text in ("-1", "big", "true", "12.5"):
+        path.write_text(base + f"tile: {text}\n")
+        with pytest.raises(ConfigError, match="tile"):
+            load_manifest(path)

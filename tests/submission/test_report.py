@@ -86,3 +86,12 @@ def test_results_are_logged_to_mlflow(tmp_path, built):
     assert run.info.run_id == run_id
     assert run.info.run_name == "submit-tiny" and run.data.params["track"] == "bicubic"
     assert run.data.metrics["x3_runtime_s"] == pytest.approx(results["bicubic"][1].runtime)
+    # Where it came from: code, versions, host, the device; the data folder when given.
+    tags = run.data.tags
+    assert {"ntire.code.commit", "ntire.code.dirty", "ntire.version.torch", "ntire.host"} <= set(tags)
+    assert tags["ntire.device"] == ",".join(sorted({r.device for r in results["bicubic"]}))
+    assert "ntire.data.source" not in tags  # no params["data"] here
+    run_id = log_results(results["bicubic"], run_name="submit-tiny-2", params={"data": str(report)},
+                         report_dir=report, uri=uri, say=said.append)
+    tags = MlflowClient(uri).get_run(run_id).data.tags
+    assert tags["ntire.data.source"] == str(report.resolve()) and tags["ntire.data.files"] == "2"

@@ -382,6 +382,28 @@ def test_weights_digest_sees_every_tensor():
     assert weights_digest(a) != weights_digest(b)
 
 
+def test_a_run_without_deepspeed_never_imports_it():
+    """accelerate's unwrap_model imports DeepSpeed whenever it is installed (seconds, and its
+    "Setting accelerator to CPU" warning on every CPU run); weights_digest must not."""
+    pytest.importorskip("deepspeed")
+    code = (
+        "import sys, torch\n"
+        "from ntire.config import build_config\n"
+        "from ntire.models.build import build_model\n"
+        "from ntire.training.distributed import finish, make_accelerator, weights_digest\n"
+        "config = build_config(overrides={'data': {'source': 'x'}, 'mixed_precision': 'no'})\n"
+        "accelerator = make_accelerator(config)\n"
+        "model = accelerator.prepare(build_model(config.model))\n"
+        "weights_digest(model, accelerator)\n"
+        "finish(accelerator)\n"
+        "print('deepspeed' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_clean_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False" and "Setting accelerator" not in run.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Real launches
 

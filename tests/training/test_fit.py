@@ -357,3 +357,18 @@ def test_a_runs_files_follow_the_umask(dataset, tmp_path):
              for p in (tmp_path / "run").rglob("*") if p.is_file()}
     assert "run/model/model.safetensors" in modes and "run/checkpoints/step-00000002/model.safetensors" in modes
     assert {k: v for k, v in modes.items() if v != 0o644} == {}
+
+
+def test_channels_last_follows_native_bf16_unless_forced(dataset, tmp_path):
+    import yaml
+
+    from ntire.training.fit import RUN_CONFIG_NAME, fit, resolve_channels_last
+
+    assert resolve_channels_last(None, "bf16", lambda: True) is True
+    assert resolve_channels_last(None, "bf16", lambda: False) is False  # emulated bf16: no gain measured
+    assert resolve_channels_last(None, "no", lambda: True) is False
+    assert resolve_channels_last(True, "no", lambda: False) is True
+    assert resolve_channels_last(False, "bf16", lambda: True) is False
+    fit(tiny_config(dataset, tmp_path / "run", max_steps=1, eval_every=0, save_every=1, mixed_precision="no"))
+    recorded = yaml.safe_load((tmp_path / "run" / RUN_CONFIG_NAME).read_text())
+    assert recorded["channels_last"] is False and recorded["mixed_precision"] == "no"  # resolved, not null

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import socket
 import sys
 from pathlib import Path
@@ -10,7 +12,25 @@ import numpy as np
 import pytest
 
 from ntire.config import TrackingConfig, build_config, merge
-from ntire.training.tracking import Tracker, default_tracking_uri, start_tracking
+from ntire.training import tracking
+from ntire.training.tracking import Tracker, default_tracking_uri, log_report, provenance_tags, start_tracking
+
+PROVENANCE = {
+    "ntire.code.commit", "ntire.code.dirty", "ntire.code.path", "ntire.version.ntire", "ntire.version.python",
+    "ntire.version.torch", "ntire.version.cuda", "ntire.version.cudnn", "ntire.version.accelerate",
+    "ntire.version.mlflow", "ntire.host",
+}
+"""Tags every run has, whoever logs it."""
+
+
+def check_code_tags(tags: dict[str, str]) -> None:
+    commit = tags["ntire.code.commit"]
+    if commit == tracking.INSTALLED:
+        assert tags["ntire.code.dirty"] == "unknown" and "mlflow.source.git.commit" not in tags
+    else:
+        assert re.fullmatch("[0-9a-f]{40}", commit), commit
+        assert tags["ntire.code.dirty"] in ("true", "false") and tags["mlflow.source.git.commit"] == commit
+    assert tags["ntire.host"] == socket.gethostname()
 
 
 def tiny_div2k(root: Path, size: int = 72) -> Path:
@@ -63,6 +83,7 @@ def test_a_training_job_is_one_mlflow_run_with_params_metrics_and_artifacts(tmp_
     params = run.data.params
     assert params["model.n_feats"] == "8" and params["optim.lr"] == "0.0001" and params["max_steps"] == "4"
     assert params["data.source"].endswith("tiny") and params["model.scales"] == "2"
+    assert params["mixed_precision"] == "no" and params["log_every"] == "1"  # as resolved, not None
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
     wanted = {"train/lr", "train/patches_per_s", "valid/psnr_x2", "valid/ssim_x2", "valid/bicubic_psnr_x2"}
@@ -140,3 +161,115 @@ def test_a_failure_mid_run_is_said_once_then_tracking_stops():
     tracker.finish()
     assert FailingClient.calls == 1 and not tracker.active
     assert len(said) == 1 and "server went away" in said[0] and "traceback" not in said[0]
+
+
+def test_a_training_run_says_where_it_came_from_and_where_it_logs(tmp_path, capsys):
+    """Provenance tags, resolved params, a dense loss curve by default, and the tracking line."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from ntire.training.fit import fit
+    from ntire.training.inputs import shard_cache_dir
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    # No log_every: the default cadence. fp32 asked for: precision "no" on this CPU.
+    config = tiny_config(tmp_path, max_steps=60, eval_every=0, save_every=60, log_every=None,
+                         mixed_precision="no", tracking={"uri": uri, "experiment": "tests"})
+    assert config.log_every is None
+    result = fit(config)
+    out = capsys.readouterr().out
+    assert f"MLflow run {result.run_name} (new, id {result.tracking_run_id}) at {uri}" in out
+    assert f"mlflow ui --backend-store-uri {uri}" in out
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(result.tracking_run_id)
+    tags = run.data.tags
+    missing = (PROVENANCE | {"ntire.world_size", "ntire.device", "ntire.precision", "ntire.data.source",
+                             "ntire.data.shards", "ntire.data.manifest_sha256", "ntire.data.files_sha256",
+                             "ntire.data.files"}) - set(tags)
+    assert not missing, missing
+    check_code_tags(tags)
+    assert tags["ntire.version.torch"] == torch.__version__
+    assert tags["ntire.version.cuda"] == (torch.version.cuda or "none")
+    assert tags["ntire.version.ntire"] and tags["ntire.version.accelerate"] not in ("", "none")
+    assert "ntire.version.deepspeed" not in tags  # not used
+    assert tags["ntire.world_size"] == "1" and tags["ntire.device"] == "cpu" and tags["ntire.precision"] == "no"
+    cache = shard_cache_dir(config)
+    assert tags["ntire.data.source"] == str((tmp_path / "tiny").resolve())
+    assert tags["ntire.data.shards"] == str(cache.resolve())
+    assert tags["ntire.data.manifest_sha256"] == hashlib.sha256((cache / "manifest.json").read_bytes()).hexdigest()
+    assert tags["ntire.data.files"] == "6"  # 3 HR + 3 LR images
+    assert run.data.params["mixed_precision"] == "no" and run.data.params["log_every"] == "1"
+
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == list(range(1, 61))  # a 60-step run: every step
+
+
+def test_the_default_log_cadence_draws_a_curve():
+    from ntire.training.fit import log_interval
+
+    def points(max_steps: int) -> int:
+        every = log_interval(build_config(None, {"max_steps": max_steps, "data": {"source": "x"}}))
+        assert 1 <= every <= 25
+        return len(set(range(every, max_steps + 1, every)) | {max_steps})
+
+    for max_steps in (1, 7, 49, 50, 60, 99, 100, 101, 800, 1000, 1249, 5000, 300_000):
+        assert points(max_steps) >= min(max_steps, 50), max_steps
+    assert log_interval(build_config(None, {"max_steps": 1_000_000, "data": {"source": "x"}})) == 25
+    assert log_interval(build_config(None, {"max_steps": 1000, "log_every": 7, "data": {"source": "x"}})) == 7
+
+
+def test_a_report_run_carries_the_provenance_tags(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "table.txt").write_text("a table\n")
+    data = tiny_div2k(tmp_path / "data")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    said: list[str] = []
+    run_id = log_report(experiment="reports", run_name="r", params={"a": 1}, metrics={"psnr": 30.0},
+                        report_dir=report, uri=uri, data=data, tags={"ntire.device": "cpu"}, say=said.append)
+    assert run_id is not None and any("logged to MLflow" in s for s in said)
+    tags = MlflowClient(uri).get_run(run_id).data.tags
+    assert not PROVENANCE - set(tags), PROVENANCE - set(tags)
+    check_code_tags(tags)
+    assert tags["ntire.device"] == "cpu" and tags["ntire.data.source"] == str(data.resolve())
+    assert tags["ntire.data.files"] == "6" and "ntire.data.manifest_sha256" not in tags
+    assert tags["ntire.data.files_sha256"] == tracking.file_list_hash(data)[0]
+
+
+def test_data_identity_of_shards_datasets_and_urls(tmp_path):
+    data = tiny_div2k(tmp_path / "data")
+    digest, count = tracking.file_list_hash(data)
+    assert count == 6 and tracking.file_list_hash(data) == (digest, count)
+    (data / "DIV2K" / "DIV2K_train_HR" / "0001.png").write_bytes(b"changed size")
+    assert tracking.file_list_hash(data)[0] != digest  # a file's size is part of the list
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest.json").write_text('{"format": "x"}')
+    tags = tracking.data_tags(shards)
+    assert tags["ntire.data.manifest_sha256"] == hashlib.sha256(b'{"format": "x"}').hexdigest()
+    assert "ntire.data.files_sha256" not in tags
+
+    urls = "pipe:aws s3 cp s3://bucket/shard-{000000..000009}.tar -"
+    assert tracking.data_tags(urls) == {"ntire.data.source": urls}
+    assert tracking.data_tags(urls, prefix="ntire.valid_data") == {"ntire.valid_data.source": urls}
+
+
+def test_provenance_without_git_or_a_checkout_says_installed(monkeypatch):
+    monkeypatch.setenv("PATH", "")  # no git at all: never an error
+    tags = provenance_tags()
+    assert tags["ntire.code.commit"] == tracking.INSTALLED and tags["ntire.code.dirty"] == "unknown"
+    assert "mlflow.source.git.commit" not in tags
+    monkeypatch.setattr(tracking, "_git", lambda folder, *args: None)  # not a checkout
+    assert provenance_tags()["ntire.code.commit"] == tracking.INSTALLED
+
+
+def test_deepspeed_version_only_when_used():
+    assert "ntire.version.deepspeed" not in provenance_tags()
+    tags = provenance_tags(deepspeed=True, world_size=2, device="cpu", precision="bf16")
+    assert tags["ntire.version.deepspeed"]  # its version, or "none" where it is not installed
+    assert "deepspeed" not in sys.modules or tags["ntire.version.deepspeed"] != "none"
+    assert tags["ntire.world_size"] == "2" and tags["ntire.precision"] == "bf16"

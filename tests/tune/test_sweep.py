@@ -14,7 +14,7 @@ from ntire.errors import ConfigError
 pytest.importorskip("ray")
 
 from ntire.tune.space import parse_space  # noqa: E402
-from ntire.tune.sweep import prepare_base, resume_sweep, run_sweep  # noqa: E402
+from ntire.tune.sweep import prepare_base, resume_sweep, run_sweep, sweep_tags  # noqa: E402
 
 
 def test_a_new_sweep_refuses_an_output_folder_holding_one(tmp_path):
@@ -38,3 +38,23 @@ def test_trials_get_absolute_paths_and_one_shard_cache(tmp_path):
     per_trial = prepare_base(config, parse_space({"data.track": {"choice": ["bicubic", "unknown"]}}),
                              tmp_path / "sweep", cwd=tmp_path)
     assert per_trial.data.shard_dir is None
+
+
+def test_the_sweep_run_is_tagged_with_code_versions_host_and_data(tmp_path):
+    import hashlib
+
+    from ntire.training.inputs import shard_cache_dir
+
+    (tmp_path / "data" / "sample" / "DIV2K").mkdir(parents=True)
+    (tmp_path / "data" / "sample" / "DIV2K" / "a.png").write_bytes(b"12345")
+    config = build_config(None, {"data": {"source": "data/sample"}})
+    base = prepare_base(config, parse_space({"optim.lr": {"choice": [1e-4]}}), tmp_path / "sweep", cwd=tmp_path)
+    tags = sweep_tags(base)
+    assert {"ntire.code.commit", "ntire.code.dirty", "ntire.version.torch", "ntire.version.ray",
+            "ntire.host"} <= set(tags)
+    assert tags["ntire.data.source"] == str(tmp_path / "data" / "sample") and tags["ntire.data.files"] == "1"
+    assert "ntire.data.manifest_sha256" not in tags  # the shard cache is not built yet
+    cache = shard_cache_dir(base)
+    cache.mkdir(parents=True)
+    (cache / "manifest.json").write_text("{}")
+    assert sweep_tags(base)["ntire.data.manifest_sha256"] == hashlib.sha256(b"{}").hexdigest()
