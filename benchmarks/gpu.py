@@ -86,6 +86,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
+
+from train_step import cpu_name  # noqa: E402 - after the path set-up above
 
 SECTIONS = ("environment", "correctness", "training", "mdsr", "inference", "accelerate")
 MEASURED, PROJECTED = "measured", "projected"
@@ -555,7 +558,7 @@ def section_environment(run: Run, sec: Section) -> None:
              f"{torch.backends.cudnn.allow_tf32} / {torch.backends.cuda.matmul.allow_tf32}")
         info("cudnn.benchmark", torch.backends.cudnn.benchmark)
     else:
-        info("device", f"CPU: {_cpu_name()} (smoke run: no GPU)")
+        info("device", f"CPU: {cpu_name()} (smoke run: no GPU)")
         info("torch threads", torch.get_num_threads())
     info("torch", torch.__version__)
     info("accelerate", _version("accelerate"))
@@ -629,20 +632,6 @@ def _version(name: str) -> str:
     except ImportError:
         return "not importable"
     return str(getattr(module, "__version__", "?"))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. correctness
 
 
 def section_correctness(run: Run, sec: Section) -> None:
@@ -1500,7 +1489,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.compile = functools.partial(torch.compile, backend=sizes.compile_backend)
 
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({_cpu_name()})"
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({cpu_name()})"
     notes = []
     if wheels:
         notes.append(f"wheels on sys.path: {', '.join(Path(w).name for w in wheels)}")

@@ -301,7 +301,7 @@ def gpu_peak(option: Option, override: float | None) -> float | None:
     return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.startswith("cuda")
     workers = args.num_workers if args.num_workers is not None else (6 if gpu else 1)
-    where = torch.cuda.get_device_name() if gpu else _cpu_name()
+    where = torch.cuda.get_device_name() if gpu else cpu_name()
     threads = args.threads or torch.get_num_threads()
     print(f"train_step on {device} ({where}), torch {torch.__version__}, {threads} threads, "
           f"fit() loader workers {workers}; load average {_load()} at start")

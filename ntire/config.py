@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from ntire.errors import ConfigError
+from ntire.errors import ConfigError, one_line
 from ntire.files import atomic_write_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -444,16 +444,12 @@ def read_yaml(path: str | os.PathLike, what: str = "a mapping of settings") -> d
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid YAML ({_first_line(e)})") from None
+        raise ConfigError(f"{path}: not valid YAML ({one_line(e)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected {what}, got {type(data).__name__}")
     return data
-
-
-def _first_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def load_yaml(cls: type[T], path: str | os.PathLike) -> T:

@@ -30,3 +30,13 @@ def say_on_own_line(message: str) -> None:
     for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
         bar.close()
     print(message, file=sys.stderr, flush=True)
+
+
+def one_line(error: BaseException, limit: int = 300, *, first_line: bool = False) -> str:
+    """An exception's message on one line, for a message that must stay one line (no traceback);
+    `first_line` keeps only its first line (services such as MLflow append their server's
+    traceback to the message)."""
+    text = str(error).strip()
+    text = text.splitlines()[0] if first_line and text else text
+    text = " ".join(text.split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

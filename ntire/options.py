@@ -20,7 +20,7 @@ import typing
 from typing import Any, Literal
 
 from ntire.config import MODEL_PRESETS, Option, TrainConfig, build_config, merge, options, parse_set
-from ntire.errors import ConfigError
+from ntire.errors import ConfigError, one_line
 
 LAUNCHER_FLAGS = ("config", "model", "set", "print_config")
 """Destinations of the flags that are not config fields."""
@@ -176,7 +176,7 @@ def resolve_device(name: str | None, option: str = "--device") -> Any:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"{option} {name}: not a torch device ({' '.join(str(e).split())})") from None
+        raise ConfigError(f"{option} {name}: not a torch device ({one_line(e)})") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"{option} {name}: CUDA is not available on this machine")

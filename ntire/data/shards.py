@@ -463,9 +463,10 @@ def write_shards(
     for stale in out_dir.glob(".shard-*.tmp"):  # left by a killed run; never a finished shard
         stale.unlink()
     manifest_path = out_dir / MANIFEST_NAME
+    old: ShardManifest | None = None
     if manifest_path.exists():
         try:
-            old: ShardManifest | None = read_manifest(manifest_path)
+            old = read_manifest(manifest_path)
         except DataError as e:
             if not replace_stale:
                 raise
@@ -487,7 +488,8 @@ def write_shards(
     done = sum(s.samples for s in manifest.shards)
     if done == len(plan):
         manifest.complete = True
-        _save(manifest_path, manifest)
+        if old is None or old.to_dict() != manifest.to_dict():  # a reused cache is left untouched
+            _save(manifest_path, manifest)
         return manifest
     finished = {s.name for s in manifest.shards}
     for leftover in out_dir.glob("shard-*.tar"):  # unrecorded or invalid: rewritten below

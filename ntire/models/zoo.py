@@ -141,16 +141,23 @@ def read_zoo_file(obj: object) -> ZooFile | None:
     )
 
 
-def _from_basicsr(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """BasicSR EDSR keys -> released keys; the tensors themselves are unchanged."""
-    n_blocks = _count_blocks(sd, "BasicSR")
-    steps = _upsampler_steps(sd, "upsample.{}.weight", step=2)
+def _edsr_renames(n_blocks: int, upsampler_convs: list[str]) -> dict[str, str]:
+    """Module-name map shared by both toolboxes' EDSR layouts (they name the same parts alike):
+    theirs -> the released layout; `upsampler_convs` their upsampler convs in order."""
     renames = {"conv_first": "head.0", "conv_after_body": f"body.{n_blocks}", "conv_last": "tail.1"}
     for i in range(n_blocks):
         renames[f"body.{i}.conv1"] = f"body.{i}.body.0"
         renames[f"body.{i}.conv2"] = f"body.{i}.body.2"
-    for j in range(steps):
-        renames[f"upsample.{2 * j}"] = f"tail.0.{2 * j}"
+    for j, name in enumerate(upsampler_convs):
+        renames[name] = f"tail.0.{2 * j}"
+    return renames
+
+
+def _from_basicsr(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BasicSR EDSR keys -> released keys; the tensors themselves are unchanged."""
+    n_blocks = _count_blocks(sd, "BasicSR")
+    steps = _upsampler_steps(sd, "upsample.{}.weight", step=2)
+    renames = _edsr_renames(n_blocks, [f"upsample.{2 * j}" for j in range(steps)])
     return _renamed(sd, renames, "BasicSR EDSR")
 
 
@@ -158,12 +165,7 @@ def _from_mmagic(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """mmagic EDSRNet keys -> released keys, first and last conv rescaled to 0-255 features."""
     n_blocks = _count_blocks(sd, "mmagic")
     steps = _upsampler_steps(sd, "upsample.{}.upsample_conv.weight", step=1)
-    renames = {"conv_first": "head.0", "conv_after_body": f"body.{n_blocks}", "conv_last": "tail.1"}
-    for i in range(n_blocks):
-        renames[f"body.{i}.conv1"] = f"body.{i}.body.0"
-        renames[f"body.{i}.conv2"] = f"body.{i}.body.2"
-    for j in range(steps):
-        renames[f"upsample.{j}.upsample_conv"] = f"tail.0.{2 * j}"
+    renames = _edsr_renames(n_blocks, [f"upsample.{j}.upsample_conv" for j in range(steps)])
     out = _renamed(sd, renames, "mmagic EDSRNet")
     # mmagic: conv_first((y - mean) / 1) on y in [0, 1]; ntire: head(x - 255 * mean) on x = 255 y.
     out["head.0.weight"] = out["head.0.weight"].float() / RGB_RANGE

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ntire.errors import CheckpointError
+from ntire.errors import CheckpointError, one_line
 from ntire.files import apply_default_modes, atomic_write_text
 
 CHECKPOINTS = "checkpoints"
@@ -217,7 +217,7 @@ def load_checkpoint(accelerator: Any, checkpoint: Checkpoint) -> TrainState:
     try:
         accelerator.load_state(str(checkpoint.path))
     except Exception as e:  # noqa: BLE001 - torch, safetensors and pickle each raise their own kind
-        raise CheckpointError(f"{checkpoint.path}: cannot restore training state ({_first_line(e)})") from None
+        raise CheckpointError(f"{checkpoint.path}: cannot restore training state ({one_line(e)})") from None
     return checkpoint.state
 
 
@@ -315,10 +315,6 @@ def archive_run(output_dir: str | os.PathLike) -> Path:
         if (out / name).exists():
             os.replace(out / name, target / name)
     return target
-
-
-def _first_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300]
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ntire.config import TrackingConfig
+from ntire.errors import one_line
 
 # Without these, MLflow retries an unreachable server for minutes on every call (7 retries,
 # exponential backoff, 120 s timeout). A user's own settings win.
@@ -105,7 +106,7 @@ class Tracker:
             getattr(self._client, method)(self.run_id, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking must never stop training
             self._client = None
-            self._say(f"MLflow tracking at {self.uri} failed ({method}: {_first_line(e)}); "
+            self._say(f"MLflow tracking at {self.uri} failed ({method}: {one_line(e, 200, first_line=True)}); "
                       "training goes on without tracking")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -211,7 +212,8 @@ def start_tracking(
         else:
             fresh = False
     except Exception as e:  # noqa: BLE001 - tracking must never stop training
-        say(f"MLflow tracking at {uri} is unavailable ({_first_line(e)}); training goes on without tracking")
+        problem = one_line(e, 200, first_line=True)
+        say(f"MLflow tracking at {uri} is unavailable ({problem}); training goes on without tracking")
         return Tracker(say=say)
 
     tracker = Tracker(client, run_id, uri, say, run_name=run_name, resumed=not fresh)
@@ -373,7 +375,7 @@ def data_tags(source: str | os.PathLike, *, shard_dir: str | os.PathLike | None 
             tags[f"{prefix}.files_sha256"] = digest
             tags[f"{prefix}.files"] = str(count)
     except OSError as e:
-        tags[f"{prefix}.error"] = _first_line(e)
+        tags[f"{prefix}.error"] = one_line(e, 200, first_line=True)
     return tags
 
 
@@ -474,10 +476,6 @@ def _param_value(value: Any) -> str:
     text = "None" if value is None else (",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
     return text[:_MAX_PARAM_LENGTH]
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
 
 
 __all__ = [
