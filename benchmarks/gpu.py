@@ -21,7 +21,7 @@ tqdm; no webdataset, mlflow, ray or deepspeed). Sections, in this order:
    TFLOP/s (analytic: 2*Cin*Cout*k*k per output pixel of every conv, x3 for a training step),
    MFU against the measured matmul ceiling, fit()/plain, peak memory, and the loader: the time
    fit() waited for batches (its batch iterator is wrapped).
-4. mdsr: one update per scale through `ntire.training.fit.update`, and branch isolation: an x3
+4. mdsr: one update per scale through `ntire.training.step.TrainStep`, and branch isolation: an x3
    update leaves the x2/x4 branches' weights and Adam state untouched.
 5. inference: EDSR x2/x3/x4 on the LR of a 2040x1356 image: whole image, tiled (512, as the
    submission manifest), tiled + x8 self-ensemble; MP/s (output megapixels per second), peak
@@ -1017,7 +1017,7 @@ def section_mdsr(run: Run, sec: Section) -> None:
     from ntire.data.stream import Batch
     from ntire.models.build import build_model
     from ntire.training.distributed import finish, make_accelerator
-    from ntire.training.fit import update
+    from ntire.training.step import TrainStep
 
     s = run.sizes
     config = build_config(overrides={
@@ -1031,8 +1031,13 @@ def section_mdsr(run: Run, sec: Section) -> None:
         model = build_model(config.model)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
         model, optimizer = accelerator.prepare(model, optimizer)
+        train_step = TrainStep(model, optimizer, accelerator, config)
+
+        def update(*args: Any) -> None:
+            train_step(args[3])
+
         sec.notes.append(f"{config.model.name} (scales 2, 3, 4) on {accelerator.device}, {fp32_name(run)}, batch "
-                         f"{s.batch}, {s.patch}x{s.patch}, through ntire.training.fit.update (Accelerate backward, "
+                         f"{s.batch}, {s.patch}x{s.patch}, through ntire.training.step.TrainStep (Accelerate backward, "
                          f"grad clip 1.0, Adam with weight decay 1e-3: the paths a missing gradient could upset)")
 
         def batch(scale: int) -> Any:
