@@ -211,6 +211,11 @@ class OptimConfig:
     loss_eps: float = 1e-3
     """Charbonnier's epsilon, on images scaled to [0, 1] (1e-3 is the common choice)."""
 
+    ema_decay: float = field(default=0.0, metadata=flag("--ema-decay", metavar="D"))
+    """Keep an exponential moving average of the weights, ema = D * ema + (1 - D) * w after every
+    update (BasicSR's EDSR recipe: 0.999); validated beside the raw weights and exported to
+    `OUTPUT/model-ema`. 0 (default): none."""
+
     grad_clip: float | None = field(default=None, metadata=flag("--grad-clip", metavar="NORM"))
     """Clip the global gradient norm to this value; default no clipping."""
 
@@ -227,6 +232,8 @@ class OptimConfig:
             raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if not 0.0 < self.lr_gamma <= 1.0:
             raise ConfigError(f"optim.lr_gamma must lie in (0, 1], got {self.lr_gamma}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay must lie in [0, 1) (0: no EMA), got {self.ema_decay}")
         if self.loss_eps <= 0:
             raise ConfigError(f"optim.loss_eps must be positive, got {self.loss_eps}")
         if self.grad_clip is not None and self.grad_clip <= 0:

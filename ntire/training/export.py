@@ -4,7 +4,7 @@ inference and submissions read."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -17,14 +17,20 @@ if TYPE_CHECKING:
     from ntire.training.validate import Validation
 
 
+EMA_FOLDER = "model-ema"
+"""Where a run with `optim.ema_decay` exports its averaged weights, beside `model`."""
+
+
 def export_model(model: nn.Module, config: TrainConfig, accelerator: Accelerator, *, step: int,
-                 validation: Validation | None, name: str, lineage: str = "") -> Path:
+                 validation: Validation | None, name: str, lineage: str = "", average: Any = None) -> Path:
     """Write the trained network to `<output_dir>/model` (safetensors + config.yaml), for
-    inference. Every process must call it; the main process writes."""
+    inference; with `average` (the run's WeightAverage), its averaged weights to
+    `<output_dir>/model-ema`. The metadata says which weights a folder holds. Every process must
+    call it; the main process writes."""
     from ntire.models.checkpoint import save_model
 
-    model_dir = Path(config.output_dir) / "model"
-    network = fp32_network(model, config, accelerator, "cpu")
+    model_dir = Path(config.output_dir) / (EMA_FOLDER if average is not None else "model")
+    network = fp32_network(model, config, accelerator, "cpu", average)
     if accelerator.is_main_process:
         metadata = {
             "source": "ntire train",
@@ -33,6 +39,7 @@ def export_model(model: nn.Module, config: TrainConfig, accelerator: Accelerator
             "track": config.data.track,
             "data": data_name(config),
             "lineage": lineage,  # which run made it: a later fresh run must not replace it silently
+            "weights": f"ema (decay {average.decay})" if average is not None else "trained (no averaging)",
         }
         if validation is not None:
             metadata["valid"] = {k.split("/", 1)[1]: round(v, 4) for k, v in validation.metrics().items()}
@@ -41,4 +48,4 @@ def export_model(model: nn.Module, config: TrainConfig, accelerator: Accelerator
     return model_dir
 
 
-__all__ = ["export_model"]
+__all__ = ["EMA_FOLDER", "export_model"]

@@ -98,6 +98,10 @@ class FitResult:
     tracking_run_id: str | None
     setup: str = ""
     """The line the run printed about its step: captured or eager and why, precision, layout."""
+    ema_model_dir: Path | None = None
+    """The exported averaged weights (`optim.ema_decay` > 0), else None."""
+    ema_validation: Validation | None = None
+    """The last validation of the averaged weights, else None."""
 
 
 def fit(
@@ -217,6 +221,7 @@ def fit(
         # at the next log point or save, whichever comes first, before anything is written.
         step, drawn = state.step, state.batches
         validation: Validation | None = None
+        ema_validation: Validation | None = None
         meter = Meter(per_update)
         guard = FiniteGuard(out, lineage, say)
         bar = cleanup.enter_context(_progress_bar(config, accelerator, initial=step))
@@ -255,7 +260,10 @@ def fit(
             if validated:
                 with conv_autotuning(accelerator.device, enabled=False):  # every image size anew
                     validation = run_validation(model, config, valid_images, accelerator, tracker, step, say)
-                _append_jsonl(out, main, {"step": step, **validation.metrics()})
+                    if train_step.ema is not None:
+                        ema_validation = run_validation(model, config, valid_images, accelerator, tracker, step,
+                                                        say, average=train_step.ema)
+                _append_jsonl(out, main, {"step": step, **validation.metrics(), **_metrics(ema_validation)})
 
             saved = None
             if step % config.save_every == 0 or step == config.max_steps:
@@ -264,7 +272,7 @@ def fit(
                     step=step,
                     batches=drawn,
                     valid_psnr=validation.mean_psnr if validated else None,
-                    valid=validation.metrics() if validated else {},
+                    valid={**validation.metrics(), **_metrics(ema_validation)} if validated else {},
                     tracking_run_id=tracker.run_id,
                     config=to_dict(config),
                     lineage=lineage,
@@ -282,13 +290,23 @@ def fit(
 
         if validation is None and valid_images is not None:  # resumed at the end already
             validation = run_validation(model, config, valid_images, accelerator, tracker, step, say)
+            if train_step.ema is not None:
+                ema_validation = run_validation(model, config, valid_images, accelerator, tracker, step, say,
+                                                average=train_step.ema)
 
-        # -- Export: safetensors + config.yaml, what `ntire upscale` and submissions read.
+        # -- Export: safetensors + config.yaml, what `ntire upscale` and submissions read; the
+        # averaged weights beside them when the run keeps an EMA.
         guard.check_before_write(accelerator, train_step, model, step=step, lr=lr)
         model_dir = export_model(model, config, accelerator, step=step, validation=validation, name=name,
                                  lineage=lineage)
         say(f"model exported to {model_dir}")
         tracker.log_artifacts(model_dir, "model")
+        ema_dir = None
+        if train_step.ema is not None:
+            ema_dir = export_model(model, config, accelerator, step=step, validation=ema_validation, name=name,
+                                   lineage=lineage, average=train_step.ema)
+            say(f"EMA weights (decay {config.optim.ema_decay}) exported to {ema_dir}")
+            tracker.log_artifacts(ema_dir, "model-ema")
         record_rank(accelerator, model, out, step=step, run_name=name)  # every rank: world size, weights hash
         best = best_checkpoint([c for c in list_checkpoints(out) if c.state.lineage == lineage]) if main else None
         return FitResult(
@@ -300,6 +318,8 @@ def fit(
             run_name=name,
             tracking_run_id=tracker.run_id,
             setup=plan.line,
+            ema_model_dir=ema_dir,
+            ema_validation=ema_validation,
         )
 
 
@@ -547,6 +567,10 @@ def _close(batches: Any) -> None:
     close = getattr(batches, "close", None)
     if close is not None:
         close()
+
+
+def _metrics(validation: Validation | None) -> dict[str, float]:
+    return validation.metrics() if validation is not None else {}
 
 
 def _append_jsonl(out: Path, main: bool, record: dict[str, Any]) -> None:

@@ -245,7 +245,7 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int, lineage: st
 ARCHIVE_DIR = "archive"
 """Sub-folder of an output folder where `--archive-old-run` moves an earlier run."""
 
-RUN_FILES = (CHECKPOINTS, "model", "metrics.jsonl", "ranks", "train_config.yaml")
+RUN_FILES = (CHECKPOINTS, "model", "model-ema", "metrics.jsonl", "ranks", "train_config.yaml")
 """What a run writes into its output folder, and what archiving moves. The shard cache and the
 tracking store stay: the first is keyed by content, the second holds every run's history."""
 

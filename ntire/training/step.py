@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ntire.config import ModelConfig, OptimConfig, TrainConfig
+from ntire.errors import CheckpointError
 from ntire.training.losses import make_loss
 
 if TYPE_CHECKING:
@@ -219,6 +220,49 @@ def model_inputs(batch: Any, device: torch.device, channels_last: bool) -> tuple
     return lr, hr
 
 
+class WeightAverage:
+    """The exponential moving average of the weights (BasicSR's `ema_decay`), updated after every
+    update: ema = decay * ema + (1 - decay) * w, in fp32 on the device, in place (a captured step
+    updates these very tensors).
+
+    Written here rather than with torch.optim.swa_utils.AveragedModel, whose update reads its
+    counter on the host (`if self.n_averaged == 0`) every time: a synchronisation per update,
+    which a CUDA graph cannot hold. Parameters only: EDSR/MDSR's buffers are fixed.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        from ntire.models.build import unwrap
+
+        self.decay = decay
+        named = [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.shadow = [p.detach().float().clone(memory_format=torch.preserve_format) for p in self.params]
+
+    def update(self) -> None:
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged parameters by name, on the CPU (what a checkpoint stores)."""
+        return {n: t.detach().to("cpu").contiguous() for n, t in zip(self.names, self.shadow, strict=True)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], *, where: str = "EMA state") -> None:
+        """Restore from `state_dict()`'s output, copying into the tensors in place."""
+        if set(state) != set(self.names):
+            missing, extra = sorted(set(self.names) - set(state)), sorted(set(state) - set(self.names))
+            raise CheckpointError(f"{where}: its tensors do not match the network (missing {missing[:3]}, "
+                                  f"unexpected {extra[:3]})")
+        for name, tensor in zip(self.names, self.shadow, strict=True):
+            tensor.copy_(state[name])
+
+    def weights(self, trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`trained` (the network's state_dict) with the averaged parameters in place of its own."""
+        averaged = dict(trained)
+        for name, tensor in zip(self.names, self.shadow, strict=True):
+            averaged[name] = tensor.detach().to(trained[name].device, trained[name].dtype)
+        return averaged
+
+
 class TrainStep:
     """One optimizer update per call, over the micro-batches given; the loss summed on the device.
 
@@ -235,6 +279,7 @@ class TrainStep:
         self.loss_fn = make_loss(config.optim.loss, eps=config.optim.loss_eps, rgb_range=config.model.rgb_range)
         self.loss_sum = torch.zeros((), device=self.device)
         self.updates = 0
+        self.ema = WeightAverage(model, config.optim.ema_decay) if config.optim.ema_decay > 0 else None
 
     def __call__(self, micro_batches: Sequence[Any]) -> None:
         """One update: Accelerate's accumulation (no DDP sync before the last micro-batch, each
@@ -254,6 +299,8 @@ class TrainStep:
                 self.optimizer.step()  # Accelerate skips it until the last micro-batch
                 self.optimizer.zero_grad(set_to_none=True)
             total += loss.detach()
+        if self.ema is not None:
+            self.ema.update()
         self.loss_sum += total / len(micro_batches)
         self.updates += 1
 
@@ -283,7 +330,10 @@ def cuda_graph_capture(optimizer: torch.optim.Optimizer) -> Capture:
         optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's pin-memory thread allocates pinned buffers (cudaHostAlloc)
+        # while a capture is under way; in the default "global" mode that call would invalidate
+        # the capture and poison the thread. Nothing that thread does belongs in the graph.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             body()
         return graph.replay
 
@@ -350,6 +400,8 @@ class CapturedStep(TrainStep):
         if self.config.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip, foreach=True)
         self.inner.step()
+        if self.ema is not None:
+            self.ema.update()
         self.loss_sum.add_(total / len(inputs))
 
     def _eager(self, key: tuple) -> None:
@@ -402,6 +454,6 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-__all__ = ["EAGER_BF16_MIN_TFLOP", "WARMUP_UPDATES", "CapturedStep", "StepPlan", "TrainStep", "all_finite",
-           "choose_setup", "configure_optimizer", "conv_autotuning", "cuda_graph_capture", "eager_reason",
+__all__ = ["EAGER_BF16_MIN_TFLOP", "WARMUP_UPDATES", "CapturedStep", "StepPlan", "TrainStep", "WeightAverage",
+           "all_finite", "choose_setup", "configure_optimizer", "conv_autotuning", "cuda_graph_capture", "eager_reason",
            "learning_rate", "make_optimizer", "model_inputs", "set_lr", "training_tflop"]

@@ -72,6 +72,8 @@ class Validation:
     comparisons: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     """Per scale, the labelled comparison picture of this process's first image of that scale (see
     `comparison`; may be empty)."""
+    prefix: str = "valid"
+    """The metrics' prefix: `valid`, or `valid_ema` for the averaged weights."""
 
     @property
     def mean_psnr(self) -> float:
@@ -81,11 +83,12 @@ class Validation:
     def metrics(self) -> dict[str, float]:
         """Flat metrics for tracking: `valid/psnr_x2`, `valid/ssim_x2`, `valid/bicubic_psnr_x2`, ..."""
         out: dict[str, float] = {}
+        p = self.prefix
         for s, r in self.scales.items():
-            out[f"valid/psnr_x{s}"] = r.psnr
-            out[f"valid/ssim_x{s}"] = r.ssim
-            out[f"valid/bicubic_psnr_x{s}"] = r.bicubic_psnr
-            out[f"valid/bicubic_ssim_x{s}"] = r.bicubic_ssim
+            out[f"{p}/psnr_x{s}"] = r.psnr
+            out[f"{p}/ssim_x{s}"] = r.ssim
+            out[f"{p}/bicubic_psnr_x{s}"] = r.bicubic_psnr
+            out[f"{p}/bicubic_ssim_x{s}"] = r.bicubic_ssim
         return out
 
 
@@ -188,17 +191,21 @@ def run_validation(
     tracker: Tracker,
     step: int,
     say: Callable[[str], None],
+    *,
+    average: Any = None,
 ) -> Validation:
     """Validate on every process's share, print a line per scale, log metrics and pictures.
 
     Runs a plain fp32 copy of the weights, whatever the training precision and wrappers (DDP,
-    compile, autocast): the scores are those of the exported model under `ntire upscale`.
+    compile, autocast): the scores are those of the exported model under `ntire upscale`. With
+    `average` (the run's WeightAverage), the averaged weights instead: printed as "(EMA)", logged
+    as `valid_ema/...`.
     """
     from accelerate.utils import gather_object
 
     from ntire.training.weights import fp32_network
 
-    network = fp32_network(model, config, accelerator, accelerator.device)
+    network = fp32_network(model, config, accelerator, accelerator.device, average)
     gather = gather_object if accelerator.num_processes > 1 else (lambda rows: rows)
     result = validate(
         network,
@@ -209,11 +216,14 @@ def run_validation(
         gather=gather,
         comparison_crop=config.tracking.comparison_crop,
     )
+    label, suffix = (" (EMA)", "_ema") if average is not None else ("", "")
+    if average is not None:
+        result = Validation(result.scales, result.comparisons, prefix="valid_ema")
     for scale_result in result.scales.values():
-        say(f"step {step}: {scale_result.line()}")
+        say(f"step {step}{label}: {scale_result.line()}")
     tracker.log_metrics(result.metrics(), step)
     for scale, picture in result.comparisons.items():
-        tracker.log_image(picture, f"comparisons/step-{step:08d}_x{scale}.png")
+        tracker.log_image(picture, f"comparisons/step-{step:08d}_x{scale}{suffix}.png")
     return result
 
 

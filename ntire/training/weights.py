@@ -25,10 +25,14 @@ def trained_weights(model: nn.Module, accelerator: Accelerator) -> dict[str, tor
     return unwrap(model).state_dict()
 
 
-def fp32_network(model: nn.Module, config: TrainConfig, accelerator: Accelerator, device: Any) -> nn.Module:
+def fp32_network(model: nn.Module, config: TrainConfig, accelerator: Accelerator, device: Any,
+                 average: Any = None) -> nn.Module:
     """A plain fp32 copy of the trained network on `device`, outside every training wrapper (DDP,
-    DeepSpeed, compile, autocast): what the exported model computes. Every process must call it."""
+    DeepSpeed, compile, autocast): what the exported model computes; with the averaged weights of
+    `average` (a ntire.training.step.WeightAverage) when given. Every process must call it."""
     weights = trained_weights(model, accelerator)
+    if average is not None:
+        weights = average.weights(weights)
     with torch.device("meta"):  # no initialisation: no time, and no draw from the RNG
         network = build_model(config.model)
     network = network.to_empty(device=device)

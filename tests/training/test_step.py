@@ -265,3 +265,33 @@ def test_a_resumed_optimizer_is_set_up_for_this_run():
     held = tensor_lr.param_groups[0]["lr"]
     set_lr(tensor_lr, 5e-4)
     assert tensor_lr.param_groups[0]["lr"] is held and float(held) == pytest.approx(5e-4)  # filled in place
+
+
+@pytest.mark.parametrize("kind", ["eager", "captured"])
+def test_the_weight_average_follows_every_update(kind, finish_accelerators):
+    from ntire.models.build import unwrap
+
+    config = build_config(None, {"model": {"kind": "mdsr", "scales": [2, 3], **TINY_MODEL},
+                                 "optim": {"lr": 1e-2, "ema_decay": 0.75}})
+    step, model, _, acc = make_step(kind, config)
+    finish_accelerators.append(acc)
+    expected = {n: p.detach().clone() for n, p in unwrap(model).named_parameters()}
+    for i, scale in enumerate((2, 3, 2, 3, 2)):
+        step([batch(scale, i)])
+        for name, p in unwrap(model).named_parameters():  # every parameter, even a branch not run
+            expected[name] = 0.75 * expected[name] + 0.25 * p.detach()
+    averaged = step.ema.state_dict()
+    assert set(averaged) == set(expected)
+    for name, value in expected.items():
+        assert torch.allclose(averaged[name], value, rtol=1e-6, atol=1e-7), name
+    trained = unwrap(model).state_dict()
+    assert not torch.equal(step.ema.weights(trained)["head.0.weight"], trained["head.0.weight"])
+
+    from ntire.errors import CheckpointError
+
+    copy_of = {k: v.clone() for k, v in averaged.items()}
+    step.ema.load_state_dict({k: torch.zeros_like(v) for k, v in averaged.items()})
+    assert all(float(t.abs().sum()) == 0 for t in step.ema.state_dict().values())
+    step.ema.load_state_dict(copy_of)
+    with pytest.raises(CheckpointError, match="do not match"):
+        step.ema.load_state_dict({"head.0.weight": copy_of["head.0.weight"]})
