@@ -30,8 +30,8 @@ OPTIONS = (
     Option("fp32_captured", Setup(bf16=False, channels_last=False, captured=True)),
     Option("bf16_cl_captured", Setup(bf16=True, channels_last=True, captured=True)),
     Option("fp32", Setup(bf16=False, channels_last=False)),
-    Option("bf16", Setup(bf16=True, channels_last=False)),
     Option("bf16_cl", Setup(bf16=True, channels_last=True)),
+    Option("bf16", Setup(bf16=True, channels_last=False)),
     Option("bf16_cl_compile", Setup(bf16=True, channels_last=True, compiled=True)),
 )
 
