@@ -307,18 +307,26 @@ class TrainConfig:
     """Initialise the weights from a trained model (exported folder or released file), e.g. a
     x3/x4 model from the x2 one; tensors that do not fit (the upsampler) are skipped and reported."""
 
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] | None = None
-    """Autocast precision. `auto`: bf16 where the hardware runs it natively (GPUs from Ampere on,
-    CPUs with AVX512-BF16 or AMX, where it is 2x faster than fp32), else fp32 (emulated bf16 is
-    many times slower). Default: what `accelerate launch` or its config file says, else fp32."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] | None = "auto"
+    """Autocast precision. `auto` (default): what was measured fastest for the model on the device
+    (README, "Speed"): on CPUs bf16 where it is native (AVX512-BF16 or AMX: 2x fp32; emulated bf16
+    is many times slower), else fp32; on GPUs bf16 with a captured step, and with an eager step
+    bf16 only for compute-bound models (EDSR), fp32 with TF32 convolutions for launch-bound ones
+    (EDSR-baseline). null: what `accelerate launch` or its config file says."""
 
     channels_last: bool | None = None
-    """Keep activations in channels-last memory layout (faster convolutions). Default: on exactly
-    when the run computes in bf16 on hardware that has it natively (GPUs, CPUs with AVX512-BF16 or
-    AMX: measured 2.1x fp32 there, against 1.84x for bf16 alone); true or false force it."""
+    """Keep activations in channels-last memory layout (faster convolutions). Default: chosen with
+    the precision (on with bf16 where it is native: 2.1x fp32 on an AVX512-BF16 CPU against 1.84x
+    for bf16 alone; on with bf16 on GPUs); true or false force it."""
 
     compile: bool = False
-    """Compile the model with torch.compile (helps on GPUs; no gain measured on CPU)."""
+    """Compile the model with torch.compile (no gain measured on CPU; on a GPU the captured step
+    is faster, and a compiled model runs eager)."""
+
+    capture: bool = True
+    """On a CUDA device, capture each update (forward, backward, clipping, Adam) as a CUDA graph
+    and replay it: a small network's step is paced by kernel launches (H200, EDSR-baseline x2:
+    3.4x). Runs eager, saying why, with several processes, DeepSpeed, fp16 or --compile."""
 
     progress: bool = True
     """Show a progress bar with patches/s and ETA on the main process."""

@@ -23,6 +23,10 @@ class ConfigError(NtireError):
     """A configuration file or option with an unknown key or an invalid value."""
 
 
+class TrainingDiverged(NtireError):
+    """A training run whose loss or weights stopped being finite (stopped before saving them)."""
+
+
 def say_on_own_line(message: str) -> None:
     """Print `message` to stderr after closing any unfinished progress bar, which would otherwise
     leave the message glued to the end of its line."""

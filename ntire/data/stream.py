@@ -522,9 +522,10 @@ class TrainBatches:
     `bad_samples` counts samples skipped with skip_bad_samples=True, across all workers.
     """
 
-    def __init__(self, dataset: PatchBatches, num_workers: int, counter: Any):
+    def __init__(self, dataset: PatchBatches, num_workers: int, counter: Any, *, pin_memory: bool = False):
         self.dataset = dataset
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
         self._counter = counter
         self._it: Iterator[Batch] | None = None
 
@@ -539,6 +540,7 @@ class TrainBatches:
             num_workers=self.num_workers,
             worker_init_fn=_worker_init if self.num_workers else None,
             prefetch_factor=4 if self.num_workers else None,
+            pin_memory=self.pin_memory,
         )
         try:
             yield from loader
@@ -583,6 +585,7 @@ def train_batches(
     manifest: Any = None,
     rank: int | None = None,
     world_size: int | None = None,
+    pin_memory: bool = False,
 ) -> TrainBatches:
     """An infinite, reproducible stream of training batches from WebDataset shards.
 
@@ -604,6 +607,7 @@ def train_batches(
             ahead free; found automatically beside local shards. Without one, shards before the
             resume point are read once (headers only) to count their samples.
         rank, world_size: override torch.distributed / RANK, WORLD_SIZE (for tests and tools).
+        pin_memory: hand out batches in page-locked memory (for non-blocking copies to a GPU).
     """
     urls = expand_urls(urls)
     scales = tuple(int(s) for s in scales)
@@ -631,4 +635,4 @@ def train_batches(
         skip_bad_samples=skip_bad_samples, augment=augment,
         counts=_manifest_counts(urls, manifest), bad_counter=counter,
     )
-    return TrainBatches(dataset, num_workers, counter)
+    return TrainBatches(dataset, num_workers, counter, pin_memory=pin_memory)

@@ -123,9 +123,14 @@ def check_launch() -> None:
 
 def accelerator_kwargs(config: TrainConfig) -> dict[str, Any]:
     """The keyword arguments `make_accelerator` builds its Accelerator with, for this launch."""
-    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+    from accelerate.utils import AutocastKwargs, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     handlers: list[Any] = []
+    if has_gpu() and config.capture:
+        # Autocast's cache of casted weights is not meant for CUDA graph capture (torch refuses it
+        # in make_graphed_callables); here it saves nothing, since each weight is cast once per
+        # forward, and backward keeps its own copy.
+        handlers.append(AutocastKwargs(cache_enabled=False))
     kwargs: dict[str, Any] = {
         "mixed_precision": config.mixed_precision,
         "gradient_accumulation_steps": config.optim.grad_accum,

@@ -13,25 +13,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ntire.config import TrainConfig, config_to_yaml, flatten, run_name, to_dict
-from ntire.errors import CheckpointError, ConfigError
+from ntire.errors import CheckpointError, ConfigError, TrainingDiverged
 from ntire.files import atomic_write_text
 from ntire.models.build import count_parameters
 from ntire.training.distributed import (
     finish,
     has_gpu,
+    launched_world_size,
     make_accelerator,
     mixed_precision,
     record_rank,
@@ -56,6 +57,19 @@ from ntire.training.state import (
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
+)
+from ntire.training.step import (
+    CapturedStep,
+    StepPlan,
+    TrainStep,
+    all_finite,
+    choose_setup,
+    configure_optimizer,
+    conv_autotuning,
+    eager_reason,
+    learning_rate,
+    make_optimizer,
+    set_lr,
 )
 from ntire.training.tracking import Tracker, provenance_tags, start_tracking
 from ntire.training.validate import Validation, run_validation
@@ -82,6 +96,8 @@ class FitResult:
     """The kept checkpoint with the highest validation PSNR."""
     run_name: str
     tracking_run_id: str | None
+    setup: str = ""
+    """The line the run printed about its step: captured or eager and why, precision, layout."""
 
 
 def fit(
@@ -89,17 +105,21 @@ def fit(
     accelerator: Accelerator | None = None,
     *,
     report: Callable[[int, dict[str, float], Path | None], None] | None = None,
+    batches: Callable[[TrainConfig, int], Iterator[Any]] | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train `config.model` as `config` says; resume, validate, checkpoint and export on the way.
 
     `accelerator`: one built by the caller (e.g. with launch-specific plugins); by default one is
     made from the config. `report(step, metrics, checkpoint)` is called on every process after each
     validation (a hook for hyper-parameter search); `checkpoint` is the folder saved at that step,
-    or None when the step saved none.
+    or None when the step saved none. `batches(config, start)`: this process's stream of training
+    batches from micro-batch `start` on (default: ntire's loader over the config's shards; a
+    benchmark wraps it to time the loader). `on_log(step, metrics)`: called on the main process at
+    every log point, after the device has finished the updates logged.
     """
     own_accelerator = accelerator is None
-    if config.mixed_precision == "auto":
-        config = dataclasses.replace(config, mixed_precision="bf16" if native_bf16() else "no")
+    config, setup_why = resolve_setup(config, accelerator)
     accelerator = accelerator or make_accelerator(config)
     # The layout follows the precision the launch settled on (the config's or `accelerate launch`'s).
     config = dataclasses.replace(
@@ -131,38 +151,34 @@ def fit(
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / RUN_CONFIG_NAME, config_to_yaml(config))
 
-        # -- Model, optimizer and schedule: the paper's L1 + Adam + step decay, in updates.
+        # -- Model, optimizer and the step: the paper's L1 + Adam, its step decay a function of the
+        # update count (ntire.training.step.learning_rate), captured as CUDA graphs where it can.
         from accelerate.utils import set_seed
 
         set_seed(config.seed)  # the same initial weights on every process
+        plan = step_plan(config, accelerator, setup_why)
         model = build_training_model(config, fresh=resume is None, say=say)
-        optimizer = torch.optim.Adam(
-            model.parameters(),
-            lr=config.optim.lr,
-            betas=config.optim.betas,
-            eps=config.optim.eps,
-            weight_decay=config.optim.weight_decay,
-        )
-        scheduler = torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma
-        )
+        optimizer = make_optimizer(model, config.optim, fused=plan.fused_adam, capturable=plan.captured,
+                                   device=accelerator.device)
         model, optimizer = accelerator.prepare(model, optimizer)
-        # Not prepared (Accelerate would step it once per process per update), but registered
-        # so that save_state/load_state carry it.
-        accelerator.register_for_checkpointing(scheduler)
 
-        # -- Resume: weights, optimizer, schedule, every process's RNG and the loader position.
+        # -- Resume: weights, optimizer, every process's RNG and the loader position.
         state = TrainState(step=0, batches=0, lineage=lineage)
         if resume is not None:
             state = load_checkpoint(accelerator, resume)
             say(f"resuming from {resume.path} at step {state.step}")
+        lr = learning_rate(config.optim, state.step)
+        configure_optimizer(optimizer, fused=plan.fused_adam, capturable=plan.captured, lr=lr,
+                            device=accelerator.device)
+        train_step = CapturedStep(model, optimizer, accelerator, config) if plan.captured else \
+            TrainStep(model, optimizer, accelerator, config)
 
         # -- Data: a dataset root is sharded once; each process streams its own part of the shards.
         if accelerator.is_local_main_process:  # once per machine; the others wait for it
             prepare_training_shards(config, say=say, progress=main and config.progress)
         accelerator.wait_for_everyone()
-        batches = training_batches(config, training_urls(config), start=state.batches)
-        cleanup.callback(_close, batches)
+        stream = (batches or _default_batches(accelerator.device))(config, state.batches)
+        cleanup.callback(_close, stream)
         valid_images = validation_set(
             config, process_index=accelerator.process_index, num_processes=accelerator.num_processes
         )
@@ -178,7 +194,8 @@ def fit(
                 config.tracking,
                 run_name=name,
                 output_dir=out,
-                params={**flatten(config), "mixed_precision": precision, "log_every": log_every},
+                params={**flatten(config), "mixed_precision": precision, "log_every": log_every,
+                        "captured": plan.captured},
                 tags=run_tags(config, accelerator, precision) if main and config.tracking.enabled else None,
                 resume_run_id=state.tracking_run_id,
                 main_process=main,  # its warnings go to stderr
@@ -193,28 +210,35 @@ def fit(
             f"{accelerator.device}, precision {precision}, {per_update} patches of "
             f"{config.data.patch_size}px per update, updates {state.step} -> {config.max_steps}"
         )
+        say(plan.line)
 
+        # -- The loop. Nothing in it reads a device value between log points: the GPU runs ahead
+        # while the loader prepares (and pins) the next batches. A non-finite loss stops the run
+        # at the next log point or save, whichever comes first, before anything is written.
         step, drawn = state.step, state.batches
         validation: Validation | None = None
-        meter = Meter()
+        meter = Meter(per_update)
+        guard = FiniteGuard(out, lineage, say)
         bar = cleanup.enter_context(_progress_bar(config, accelerator, initial=step))
+        autotuning = cleanup.enter_context(contextlib.ExitStack())
+        autotuning.enter_context(conv_autotuning(accelerator.device))
         model.train()
         while step < config.max_steps:
             # -- One update: grad_accum micro-batches of one scale each (MDSR runs only its branch).
-            started = time.perf_counter()
-            micro_batches = [next(batches) for _ in range(config.optim.grad_accum)]
+            if learning_rate(config.optim, step) != lr:
+                lr = learning_rate(config.optim, step)
+                set_lr(optimizer, lr)
+            micro_batches = [next(stream) for _ in range(config.optim.grad_accum)]
             drawn += len(micro_batches)
-            meter.add_loss(update(model, optimizer, accelerator, micro_batches, config))
-            scheduler.step()
+            train_step(micro_batches)
+            meter.count()
             step += 1
-            if step % log_every == 0 or step == config.max_steps:
-                # The GPU runs ahead of this loop: wait for it before timing, or patches/s lies.
-                _synchronize(accelerator.device)
-            meter.add_update(time.perf_counter() - started, per_update)
-            bar.update(1)
 
             if step % log_every == 0 or step == config.max_steps:
-                metrics = meter.flush(accelerator, lr=scheduler.get_last_lr()[0])
+                _synchronize(accelerator.device)  # the GPU runs ahead: wait, or patches/s lies
+                metrics = meter.flush(accelerator, train_step, lr=lr)
+                guard.check_loss(metrics["train/loss"], step=step, lr=lr)
+                bar.update(step - bar.n)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}",
                                 patches_s=f"{metrics['train/patches_per_s']:.0f}", refresh=False)
                 if bar.disable:
@@ -222,16 +246,20 @@ def fit(
                         f"lr {metrics['train/lr']:.3g} patches/s {metrics['train/patches_per_s']:.1f}")
                 tracker.log_metrics(metrics, step)
                 _append_jsonl(out, main, {"step": step, **metrics})
+                if on_log is not None and main:
+                    on_log(step, metrics)
 
             validated = valid_images is not None and (
                 step == config.max_steps or (config.eval_every > 0 and step % config.eval_every == 0)
             )
             if validated:
-                validation = run_validation(model, config, valid_images, accelerator, tracker, step, say)
+                with conv_autotuning(accelerator.device, enabled=False):  # every image size anew
+                    validation = run_validation(model, config, valid_images, accelerator, tracker, step, say)
                 _append_jsonl(out, main, {"step": step, **validation.metrics()})
 
             saved = None
             if step % config.save_every == 0 or step == config.max_steps:
+                guard.check_before_write(accelerator, train_step, model, step=step, lr=lr)
                 state = TrainState(
                     step=step,
                     batches=drawn,
@@ -247,11 +275,16 @@ def fit(
             if validated and report is not None:
                 # After the save, so that a sweep can hand this step's checkpoint to its scheduler.
                 report(step, validation.metrics(), saved)
+            if validated or saved is not None:
+                meter.restart()  # the time they took is not training throughput
+        autotuning.close()
+        bar.update(step - bar.n)
 
         if validation is None and valid_images is not None:  # resumed at the end already
             validation = run_validation(model, config, valid_images, accelerator, tracker, step, say)
 
         # -- Export: safetensors + config.yaml, what `ntire upscale` and submissions read.
+        guard.check_before_write(accelerator, train_step, model, step=step, lr=lr)
         model_dir = export_model(model, config, accelerator, step=step, validation=validation, name=name,
                                  lineage=lineage)
         say(f"model exported to {model_dir}")
@@ -266,6 +299,7 @@ def fit(
             best_checkpoint=best.path if best else None,
             run_name=name,
             tracking_run_id=tracker.run_id,
+            setup=plan.line,
         )
 
 
@@ -287,6 +321,42 @@ def native_bf16() -> bool:
     # (measured over 10x slower than fp32 on an AVX2-only EPYC).
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(probe() for probe in probes if probe is not None)
+
+
+def resolve_setup(config: TrainConfig, accelerator: Accelerator | None) -> tuple[TrainConfig, str]:
+    """`config` with `auto` precision and an unset layout resolved to what is fastest for its model
+    on the device this launch gives it (ntire.training.step.choose_setup), and why."""
+    if config.mixed_precision == "auto":
+        launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+        if launcher in ("bf16", "fp16", "fp8"):  # `accelerate launch --mixed_precision X` asked
+            return dataclasses.replace(config, mixed_precision=None), f"precision {launcher} as accelerate launch says"
+    if accelerator is not None:
+        device, processes = accelerator.device.type, accelerator.num_processes
+        deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
+    else:
+        cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes", "on")
+        device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
+        processes, deepspeed = launched_world_size(), uses_deepspeed()
+    precision, channels_last, why = choose_setup(config, device=device, processes=processes, deepspeed=deepspeed,
+                                                 native_bf16=native_bf16)
+    return dataclasses.replace(config, mixed_precision=precision, channels_last=channels_last), why
+
+
+def step_plan(config: TrainConfig, accelerator: Accelerator, setup_why: str) -> StepPlan:
+    """How this run's updates are computed: captured where it can be, else eager and why."""
+    device = accelerator.device.type
+    deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
+    precision = mixed_precision(accelerator)
+    eager = eager_reason(device=device, capture=config.capture, processes=accelerator.num_processes,
+                         deepspeed=deepspeed, precision=precision, compiled=config.compile)
+    return StepPlan(
+        device=device,
+        precision=precision,
+        channels_last=bool(config.channels_last),
+        captured=eager is None,
+        why="; ".join(x for x in (eager, setup_why) if x),
+        fused_adam=device == "cuda" and not deepspeed,  # DeepSpeed wraps the optimizer its own way
+    )
 
 
 def log_interval(config: TrainConfig) -> int:
@@ -362,77 +432,74 @@ def check_resumable(checkpoint: Checkpoint, config: TrainConfig) -> None:
         )
 
 
-def model_inputs(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch's uint8 LR and HR patches as float [0, 255] tensors on `device`."""
-    lr = torch.as_tensor(batch.lr).to(device, non_blocking=True).float()
-    hr = torch.as_tensor(batch.hr).to(device, non_blocking=True).float()
-    if channels_last:
-        lr = lr.contiguous(memory_format=torch.channels_last)
-    return lr, hr
-
-
 # ---------------------------------------------------------------------------------------------
 # Loop helpers
 
 
-def update(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    accelerator: Accelerator,
-    micro_batches: list[Any],
-    config: TrainConfig,
-) -> torch.Tensor:
-    """One optimizer update over `micro_batches` (grad_accum of them), then a step.
-
-    Accelerate's `backward` divides each micro-batch's loss by the accumulation count, so the
-    gradients add up to their average: the update equals one on all micro-batches at once.
-    Returns the mean loss over the micro-batches (detached, on the device). Gradients are reset
-    to None, not zero: Adam skips a parameter without a gradient, so MDSR's branches for other
-    scales than a batch's keep their weights and their Adam moments untouched.
-    """
-    total = torch.zeros((), device=accelerator.device)
-    for batch in micro_batches:
-        lr, hr = model_inputs(batch, accelerator.device, config.channels_last)
-        with accelerator.accumulate(model):
-            loss = F.l1_loss(model(lr, batch.scale), hr)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and config.optim.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-            optimizer.step()  # Accelerate skips it until the last micro-batch
-            optimizer.zero_grad(set_to_none=True)
-        total += loss.detach()
-    return total / len(micro_batches)
-
-
 class Meter:
-    """Loss and throughput accumulated since the last log line."""
+    """Loss and throughput since the last log line: the loss summed on the device by the step,
+    the time on the host between two synchronised points (log lines, or the end of a validation
+    or save, whose time is not training)."""
 
-    def __init__(self) -> None:
-        self.loss: torch.Tensor | float = 0.0
-        self.updates = 0
-        self.seconds = 0.0
-        self.patches = 0
+    def __init__(self, per_update: int) -> None:
+        self.per_update = per_update
+        self.restart()
 
-    def add_loss(self, loss: torch.Tensor) -> None:
-        # Kept on the device: reading it every step would stall a GPU.
-        self.loss = self.loss + loss
+    def restart(self) -> None:
+        """Start timing afresh (the device is idle: just synchronised)."""
+        self.started = time.perf_counter()
+        self.timed_updates = 0
 
-    def add_update(self, seconds: float, patches: int) -> None:
-        self.updates += 1
-        self.seconds += seconds
-        self.patches += patches
+    def count(self) -> None:
+        """One more update since the last synchronised point."""
+        self.timed_updates += 1
 
-    def flush(self, accelerator: Accelerator, *, lr: float) -> dict[str, float]:
-        """Mean loss over processes and updates, lr and patches/s; then start afresh."""
-        loss = torch.as_tensor(self.loss, device=accelerator.device, dtype=torch.float32)
-        loss = accelerator.reduce(loss, reduction="mean")
+    def flush(self, accelerator: Accelerator, step: TrainStep, *, lr: float) -> dict[str, float]:
+        """Mean loss over processes and updates, lr and patches/s; then start afresh. Call with the
+        device synchronised."""
+        seconds = time.perf_counter() - self.started
+        loss, updates = step.take_loss()
+        loss = accelerator.reduce(loss.float(), reduction="mean")
         metrics = {
-            "train/loss": float(loss) / max(self.updates, 1),
+            "train/loss": float(loss) / max(updates, 1),
             "train/lr": float(lr),
-            "train/patches_per_s": self.patches / self.seconds if self.seconds > 0 else 0.0,
+            "train/patches_per_s": self.per_update * self.timed_updates / seconds if seconds > 0 else 0.0,
         }
-        self.__init__()
+        self.restart()
         return metrics
+
+
+class FiniteGuard:
+    """Stops a run whose loss or weights stopped being finite, before anything is written.
+
+    Checked where a value is read anyway (each log point) and before every save and the export:
+    never a host read per update. Why stop rather than skip the update (as traiNNer-redux does, up
+    to 10 times) or skip batches whose loss jumps (EDSR-PyTorch): a captured update cannot be
+    skipped without reading its loss, and a NaN in L1 training on uint8 data means the learning
+    rate or the data is wrong, which no skipping mends; the last checkpoint is finite by
+    construction, so `--resume auto` (with a lower --lr) continues from it.
+    """
+
+    def __init__(self, out: Path, lineage: str, say: Callable[[str], None]) -> None:
+        self.out, self.lineage, self.say = out, lineage, say
+
+    def check_loss(self, loss: float, *, step: int, lr: float) -> None:
+        if not math.isfinite(loss):
+            self._stop(f"the training loss is {loss}", step, lr)
+
+    def check_before_write(self, accelerator: Accelerator, step_fn: TrainStep, model: nn.Module,
+                           *, step: int, lr: float) -> None:
+        pending = accelerator.reduce(step_fn.peek_loss().float().reshape(1), reduction="sum")
+        if not all_finite([pending]):
+            self._stop("the training loss is not finite", step, lr)
+        if not all_finite(list(model.parameters())):
+            self._stop("the weights are not finite", step, lr)
+
+    def _stop(self, what: str, step: int, lr: float) -> None:
+        mine = [c for c in list_checkpoints(self.out) if c.state.lineage == self.lineage]
+        last = (f"the last finite checkpoint is {mine[-1].path} (step {mine[-1].state.step}): continue from it "
+                f"with --resume auto and a lower --lr") if mine else "no checkpoint was saved"
+        raise TrainingDiverged(f"step {step}: {what} (lr {lr:.3g}); stopped without saving it; {last}")
 
 
 def _printer(accelerator: Accelerator) -> Callable[[str], None]:
@@ -467,6 +534,14 @@ def _synchronize(device: torch.device) -> None:
         torch.xpu.synchronize(device)
 
 
+def _default_batches(device: torch.device) -> Callable[[TrainConfig, int], Iterator[Any]]:
+    def batches(config: TrainConfig, start: int) -> Iterator[Any]:
+        # Pinned host memory: the copy to a GPU then runs without blocking the loop.
+        return training_batches(config, training_urls(config), start=start, pin_memory=device.type == "cuda")
+
+    return batches
+
+
 def _close(batches: Any) -> None:
     # Stops DataLoader worker processes now rather than whenever the generator is collected.
     close = getattr(batches, "close", None)
@@ -481,5 +556,5 @@ def _append_jsonl(out: Path, main: bool, record: dict[str, Any]) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-__all__ = ["RUN_CONFIG_NAME", "FitResult", "build_training_model", "fit", "log_interval", "native_bf16", "run_tags",
-           "update"]
+__all__ = ["RUN_CONFIG_NAME", "FitResult", "FiniteGuard", "Meter", "build_training_model", "fit", "log_interval",
+           "native_bf16", "resolve_setup", "run_tags", "step_plan"]

@@ -101,8 +101,10 @@ def span(indices: tuple[int, int] | None) -> range | None:
     return None if indices is None else range(indices[0], indices[1] + 1)
 
 
-def training_batches(config: TrainConfig, urls: list[str] | str, *, start: int) -> Iterator[Any]:
-    """The endless stream of training batches of this process, from micro-batch `start` on."""
+def training_batches(config: TrainConfig, urls: list[str] | str, *, start: int,
+                     pin_memory: bool = False) -> Iterator[Any]:
+    """The endless stream of training batches of this process, from micro-batch `start` on;
+    `pin_memory`: in page-locked memory, for copies to a GPU that do not block."""
     from ntire.data.stream import train_batches
 
     d = config.data
@@ -118,6 +120,7 @@ def training_batches(config: TrainConfig, urls: list[str] | str, *, start: int) 
         start_step=start,
         skip_bad_samples=d.skip_bad_samples,
         augment=d.augment,
+        pin_memory=pin_memory,
     )
 
 

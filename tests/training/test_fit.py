@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import signal
@@ -109,60 +108,6 @@ def test_fit_learns_validates_checkpoints_and_exports(dataset, tmp_path, capsys)
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["step-00000030"] and result.best_checkpoint.name == "step-00000030"
     assert training_urls(config) == shards  # the cache is reused
-
-
-@pytest.fixture
-def accelerator():
-    from accelerate import Accelerator
-
-    from ntire.training.distributed import finish
-
-    acc = Accelerator(cpu=True)
-    yield acc
-    finish(acc)
-
-
-@pytest.mark.parametrize("foreach", [False, True])
-def test_mdsr_step_leaves_other_scales_and_their_adam_state_untouched(accelerator, foreach):
-    from ntire.data.stream import Batch
-    from ntire.models.build import build_model
-    from ntire.training.fit import update
-
-    config = build_config(None, {"model": {"kind": "mdsr", "scales": [2, 3, 4], **TINY_MODEL},
-                                 "optim": {"grad_clip": 1.0}})
-    torch.manual_seed(0)
-    model = build_model(config.model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3, foreach=foreach)
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    def batch(scale: int) -> Batch:
-        g = torch.Generator().manual_seed(scale)
-        lr = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, generator=g)
-        return Batch(lr, torch.randint(0, 256, (2, 3, 8 * scale, 8 * scale), dtype=torch.uint8, generator=g), scale)
-
-    for scale in (2, 3, 4):  # every branch now has weights moved and Adam moments
-        update(model, optimizer, accelerator, [batch(scale)], config)
-    names = {id(p): n for n, p in model.named_parameters()}
-    params = {n: p.detach().clone() for n, p in model.named_parameters()}
-    states = {names[id(p)]: copy.deepcopy(s) for p, s in optimizer.state.items()}
-    assert len(states) == len(params)
-
-    update(model, optimizer, accelerator, [batch(3)], config)  # branch index 1
-
-    def branch(name: str) -> int | None:
-        parts = name.split(".")
-        return int(parts[1]) if parts[0] in ("pre_process", "upsample") else None
-
-    for name, p in model.named_parameters():
-        state = optimizer.state[p]
-        if branch(name) in (0, 2):  # x2 and x4: untouched, weights and moments alike
-            assert torch.equal(p, params[name]), name
-            for key in ("step", "exp_avg", "exp_avg_sq"):
-                assert torch.equal(state[key], states[name][key]), (name, key)
-        else:  # x3's branch and the shared body moved
-            assert not torch.equal(p, params[name]), name
-            assert state["step"] == states[name]["step"] + 1, name
-    assert any(branch(n) == 1 for n in params)
 
 
 def test_init_from_x2_starts_x3_with_all_but_the_upsampler(tmp_path):
@@ -280,43 +225,6 @@ def test_demo_command_prints_psnr_beside_bicubic_and_exports(dataset, tmp_path, 
     assert (out_dir / "model" / "model.safetensors").is_file()
 
 
-def test_gradient_accumulation_averages_micro_batches():
-    # Accelerate divides each micro-batch's loss by the accumulation count: two micro-batches of
-    # 2 give the update one batch of 4 gives (not twice it, as summing would).
-    from ntire.data.stream import Batch
-    from ntire.models.build import build_model
-    from ntire.training.fit import update
-
-    g = torch.Generator().manual_seed(0)
-    lr = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=g)
-    hr = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=g)
-
-    def weights_after(micro_batches: list, grad_accum: int) -> dict[str, torch.Tensor]:
-        from accelerate import Accelerator
-
-        from ntire.training.distributed import finish
-
-        config = build_config(None, {"model": TINY_MODEL, "optim": {"grad_accum": grad_accum}})
-        acc = Accelerator(cpu=True, gradient_accumulation_steps=grad_accum)
-        torch.manual_seed(0)
-        model = build_model(config.model)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)  # linear in the gradient
-        model, optimizer = acc.prepare(model, optimizer)
-        update(model, optimizer, acc, micro_batches, config)
-        out = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        finish(acc)
-        return out
-
-    whole = weights_after([Batch(lr, hr, 2)], 1)
-    halves = weights_after([Batch(lr[:2], hr[:2], 2), Batch(lr[2:], hr[2:], 2)], 2)
-    assert all(torch.allclose(whole[k], halves[k], atol=1e-6) for k in whole)
-    # What summed gradients would have given (SGD is linear): twice the step. Not what happened.
-    torch.manual_seed(0)
-    initial = build_model(build_config(None, {"model": TINY_MODEL}).model).state_dict()
-    summed = {k: initial[k] + 2 * (whole[k] - initial[k]) for k in whole}
-    assert not all(torch.allclose(summed[k], halves[k], atol=1e-6) for k in whole)
-
-
 def test_a_fresh_run_into_a_used_folder_is_refused_before_writing_anything(dataset, tmp_path):
     from ntire.errors import CheckpointError
     from ntire.training.fit import RUN_CONFIG_NAME, fit
@@ -372,3 +280,44 @@ def test_channels_last_follows_native_bf16_unless_forced(dataset, tmp_path):
     fit(tiny_config(dataset, tmp_path / "run", max_steps=1, eval_every=0, save_every=1, mixed_precision="no"))
     recorded = yaml.safe_load((tmp_path / "run" / RUN_CONFIG_NAME).read_text())
     assert recorded["channels_last"] is False and recorded["mixed_precision"] == "no"  # resolved, not null
+
+
+def test_a_cpu_run_says_its_step_is_eager_and_why(dataset, tmp_path, capsys):
+    from ntire.training.fit import fit
+
+    result = fit(tiny_config(dataset, tmp_path / "run", max_steps=1, eval_every=0, save_every=1))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("training step:"))
+    assert line == result.setup
+    assert "eager" in line and "CUDA graphs need a CUDA device; this run is on cpu" in line
+
+
+@pytest.mark.parametrize("log_every", [1, 5])  # caught at a log point, or (between them) before a save
+def test_a_non_finite_loss_stops_the_run_before_anything_non_finite_is_written(dataset, tmp_path, log_every):
+    from safetensors.torch import load_file
+
+    from ntire.errors import TrainingDiverged
+    from ntire.training.fit import fit
+    from ntire.training.state import list_checkpoints
+
+    out = tmp_path / "run"
+    fit(tiny_config(dataset, out, max_steps=2, save_every=2, eval_every=0, mixed_precision="no"))
+    # Adam moves every weight by about lr: at 1e30 step 3 leaves the weights finite (and useless)
+    # and step 4's activations overflow.
+    config = tiny_config(dataset, out, max_steps=6, save_every=2, eval_every=0, log_every=log_every,
+                         optim={"lr": 1e30}, mixed_precision="no", resume="auto")
+    with pytest.raises(TrainingDiverged) as caught:
+        fit(config)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("step 4: the training loss is")
+    assert "lr 1e+30" in message and "step-00000002" in message and "--resume auto" in message
+    kept = list_checkpoints(out)
+    assert [c.state.step for c in kept] == [2]
+    weights = load_file(kept[0].path / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert (out / "model").exists()  # the first run's export, not replaced
+
+    # --resume auto continues from the last finite checkpoint and, with a sane lr, finishes.
+    resumed = fit(tiny_config(dataset, out, max_steps=4, save_every=2, eval_every=0, resume="auto",
+                              mixed_precision="no"))
+    assert resumed.step == 4 and (out / "model" / "model.safetensors").is_file()
+    assert all(torch.isfinite(t).all() for t in load_file(out / "model" / "model.safetensors").values())

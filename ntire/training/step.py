@@ -1,0 +1,405 @@
+"""The training step: one optimizer update over `grad_accum` micro-batches, eager or captured.
+
+On a GPU the step of a small network (EDSR-baseline at the paper's batch: a few hundred small
+kernels) is paced by the CPU launching kernels, not by the GPU running them: measured on an H200,
+a plain eager step takes 10.4 ms and the same step captured as one CUDA graph 4.1 ms (bf16 +
+channels_last). So on CUDA the whole update (forward, L1, backward, clipping, Adam) is captured
+once per batch shape and scale and replayed; the data go in through static input buffers, the
+learning rate through a device tensor that Adam reads at every replay, and the loss is summed on
+the device for the meter to read at log points. Capture needs a capturable optimizer (here fused
+Adam, whose step counters live on the device) and no host synchronisation inside the step, which
+rules out several processes (DDP's all-reduce), DeepSpeed, fp16 (GradScaler reads its scale on the
+host) and torch.compile (its own kernels); those run the eager step, and the run says why.
+
+Written on top of `torch.cuda.graphs` rather than `torch.compile(mode="reduce-overhead")`: the
+whole update is one graph, with no compilation (15-20 s per model on the H200) and the same
+kernels as eager, so a captured run computes what an eager one does.
+
+Every choice a run makes here is said in one line (`StepPlan.line`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ntire.config import ModelConfig, OptimConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+WARMUP_UPDATES = 3
+"""Eager updates of each batch shape before it is captured: cuDNN's benchmark mode picks its
+convolution algorithms and Adam creates its state on these, which capture must not do."""
+
+EAGER_BF16_MIN_TFLOP = 1.5
+"""Eager on CUDA, an update (one micro-batch) below this many TFLOP is launch-bound and runs
+faster in fp32 (TF32 convolutions) than in bf16 + channels_last, whose casts are more kernels
+(H200: EDSR-baseline, 0.3 TFLOP, 10.4 ms fp32 vs 13.8 ms bf16; EDSR, 8.5 TFLOP, bf16 2x faster)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run does: precision, layout, captured or eager
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How a run's updates are computed."""
+
+    device: str
+    """"cuda", "cpu", ..."""
+    precision: str
+    """Autocast precision: "no", "bf16" or "fp16"."""
+    channels_last: bool
+    captured: bool
+    """Whether updates are replayed from CUDA graphs."""
+    why: str
+    """Why captured or eager (and why this precision when it was chosen)."""
+    fused_adam: bool = False
+
+    @property
+    def line(self) -> str:
+        """The one line a run prints about it."""
+        layout = "channels_last" if self.channels_last else "NCHW"
+        precision = {"no": "fp32" + (" (TF32 convolutions)" if self.device == "cuda" else ""),
+                     "bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(self.precision, self.precision)
+        how = "captured as CUDA graphs" if self.captured else "eager"
+        extras = [x for x, on in (("cudnn.benchmark", self.device == "cuda"), ("fused Adam", self.fused_adam)) if on]
+        return f"training step: {how}, {precision}, {layout}{', ' + ', '.join(extras) if extras else ''} ({self.why})"
+
+
+def eager_reason(*, device: str, capture: bool, processes: int, deepspeed: bool, precision: str,
+                 compiled: bool) -> str | None:
+    """Why a run cannot capture its step (None: it can)."""
+    if device != "cuda":
+        return f"CUDA graphs need a CUDA device; this run is on {device}"
+    if not capture:
+        return "capture turned off (--no-capture)"
+    if deepspeed:
+        return "DeepSpeed owns the optimizer step"
+    if processes > 1:
+        return f"{processes} processes: DDP's gradient all-reduce is not captured"
+    if precision == "fp16":
+        return "fp16's gradient scaler reads its scale on the host every step"
+    if compiled:
+        return "--compile runs the model's own compiled kernels"
+    return None
+
+
+def training_tflop(model: ModelConfig, *, batch: int, patch: int) -> float:
+    """TFLOP of one training update on `batch` LR patches of `patch` pixels, at the largest scale:
+    every convolution's 2*Cin*Cout*k*k per output pixel, times 3 (forward, and backward for both
+    the inputs and the weights). Counted on the meta device: no memory, no compute."""
+    from ntire.models.build import build_model
+
+    flops = 0.0
+
+    def count(module: nn.Module, _: Any, output: torch.Tensor) -> None:
+        nonlocal flops
+        assert isinstance(module, nn.Conv2d)
+        k = module.kernel_size[0] * module.kernel_size[1]
+        flops += 2 * module.in_channels // module.groups * module.out_channels * k * output[0, 0].numel()
+
+    with torch.device("meta"):
+        net = build_model(model)
+    scale = max(model.scales)
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            net(torch.empty(1, 3, patch, patch, device="meta"), scale)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return 3 * flops * batch / 1e12
+
+
+def choose_setup(config: TrainConfig, *, device: str, processes: int, deepspeed: bool,
+                 native_bf16: Callable[[], bool]) -> tuple[str | None, bool | None, str]:
+    """The precision and layout a run uses where the config says `auto` (precision) or nothing
+    (channels_last), by what was measured fastest for the model on the device; and why.
+
+    - CPU: bf16 + channels_last where the CPU has bf16 natively (2.5x fp32 on AVX512-BF16), else
+      fp32 (emulated bf16 is over 10x slower).
+    - CUDA, captured step: bf16 + channels_last (H200: EDSR-baseline 3,899 patches/s vs 2,248 in
+      fp32; EDSR 47.6% MFU).
+    - CUDA, eager step: bf16 + channels_last when an update is compute-bound
+      (>= EAGER_BF16_MIN_TFLOP), else fp32 with TF32 convolutions, NCHW.
+
+    Returns (mixed_precision, channels_last, why); mixed_precision None leaves it to
+    `accelerate launch`, channels_last None to the precision the launch settles on.
+    """
+    precision, channels_last = config.mixed_precision, config.channels_last
+    if precision != "auto":
+        return precision, channels_last, "precision as configured"
+    if device != "cuda":
+        bf16 = native_bf16()
+        why = "auto: bf16 is native on this CPU" if bf16 else "auto: fp32, this CPU has no native bf16"
+        return ("bf16" if bf16 else "no"), (bf16 if channels_last is None else channels_last), why
+    if not native_bf16():
+        return "no", (False if channels_last is None else channels_last), "auto: fp32, no native bf16 on this GPU"
+    reason = eager_reason(device=device, capture=config.capture, processes=processes, deepspeed=deepspeed,
+                          precision="bf16", compiled=config.compile)
+    tflop = training_tflop(config.model, batch=config.data.batch_size, patch=config.data.patch_size)
+    if reason is None or tflop >= EAGER_BF16_MIN_TFLOP:
+        why = ("auto: bf16 + channels_last, fastest with a captured step" if reason is None else
+               f"auto: bf16 + channels_last, {tflop:.2g} TFLOP per update is compute-bound")
+        return "bf16", (True if channels_last is None else channels_last), why
+    why = (f"auto: fp32, an eager update of {tflop:.2g} TFLOP is launch-bound and bf16's casts cost "
+           f"more than they save")
+    return "no", (False if channels_last is None else channels_last), why
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning rate and optimizer
+
+
+def learning_rate(optim: OptimConfig, step: int) -> float:
+    """The paper's step schedule: `lr`, times `lr_gamma` every `lr_step` updates. A function of the
+    update count alone, so a resumed run needs no scheduler state (and unpickles none)."""
+    return optim.lr * optim.lr_gamma ** (step // optim.lr_step)
+
+
+def make_optimizer(model: nn.Module, optim: OptimConfig, *, fused: bool, capturable: bool,
+                   device: torch.device) -> torch.optim.Adam:
+    """The paper's Adam. `fused` (CUDA): one kernel for all parameters. `capturable`: its step
+    counters and learning rate live on the device, so a CUDA graph replays it with the current lr."""
+    lr: float | torch.Tensor = optim.lr
+    if capturable:
+        lr = torch.tensor(optim.lr, dtype=torch.float32, device=device)
+    kwargs: dict[str, Any] = {"fused": True} if fused else {}
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=optim.betas, eps=optim.eps,
+                            weight_decay=optim.weight_decay, capturable=capturable, **kwargs)
+
+
+def configure_optimizer(optimizer: torch.optim.Optimizer, *, fused: bool, capturable: bool,
+                        lr: float, device: torch.device) -> None:
+    """Make a (possibly resumed) Adam run as this run needs: a checkpoint carries its writer's
+    flags (a CPU run's step counters on the host, a float lr), which a captured step cannot use."""
+    for group in optimizer.param_groups:
+        group["fused"] = fused or None
+        group["capturable"] = capturable
+        group["foreach"] = None
+        group["lr"] = torch.tensor(lr, dtype=torch.float32, device=device) if capturable else lr
+    on_device = fused or capturable
+    for state in optimizer.state.values():
+        step = state.get("step")
+        if isinstance(step, torch.Tensor):
+            state["step"] = step.to(device=device if on_device else "cpu", dtype=torch.float32)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate; a device tensor is filled in place, where a captured step
+    reads it (the caller sets it only when the schedule changes it: no kernel per update)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+
+
+def model_inputs(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's uint8 LR and HR patches as float [0, 255] tensors on `device` (copied from pinned
+    memory without blocking when the loader pinned them)."""
+    lr = torch.as_tensor(batch.lr).to(device, non_blocking=True).float()
+    hr = torch.as_tensor(batch.hr).to(device, non_blocking=True).float()
+    if channels_last:
+        lr = lr.contiguous(memory_format=torch.channels_last)
+    return lr, hr
+
+
+class TrainStep:
+    """One optimizer update per call, over the micro-batches given; the loss summed on the device.
+
+    `loss_sum` adds up each update's mean loss and `updates` counts them; the meter reads and
+    resets both at log points (`take_loss`), so no update waits for the device.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Any, accelerator: Accelerator, config: TrainConfig):
+        self.model = model
+        self.optimizer = optimizer
+        self.accelerator = accelerator
+        self.config = config
+        self.device = accelerator.device
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.updates = 0
+
+    def __call__(self, micro_batches: Sequence[Any]) -> None:
+        """One update: Accelerate's accumulation (no DDP sync before the last micro-batch, each
+        loss divided by the count, so the gradients add up to their average: the update equals
+        one on all micro-batches at once). Gradients are reset to None, not zero: Adam skips a
+        parameter without a gradient, so MDSR's branches for other scales keep their weights and
+        Adam moments untouched."""
+        accelerator, config = self.accelerator, self.config
+        total = torch.zeros((), device=self.device)
+        for batch in micro_batches:
+            lr, hr = model_inputs(batch, self.device, config.channels_last)
+            with accelerator.accumulate(self.model):
+                loss = F.l1_loss(self.model(lr, batch.scale), hr)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.optim.grad_clip:
+                    accelerator.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip)
+                self.optimizer.step()  # Accelerate skips it until the last micro-batch
+                self.optimizer.zero_grad(set_to_none=True)
+            total += loss.detach()
+        self.loss_sum += total / len(micro_batches)
+        self.updates += 1
+
+    def take_loss(self) -> tuple[torch.Tensor, int]:
+        """The summed loss (a new tensor) and the updates it covers since the last call; resets."""
+        loss, updates = self.loss_sum.clone(), self.updates
+        self.loss_sum.zero_()  # in place: a captured step adds to this very tensor
+        self.updates = 0
+        return loss, updates
+
+    def peek_loss(self) -> torch.Tensor:
+        """The loss summed since the last `take_loss`, without resetting it."""
+        return self.loss_sum
+
+
+Capture = Callable[[Callable[[], None]], Callable[[], None]]
+"""Records `body` (which must then not run) and returns what replays it."""
+
+
+def cuda_graph_capture(optimizer: torch.optim.Optimizer) -> Capture:
+    """Capture into a torch.cuda.CUDAGraph. Gradients are set to None first, so that the first
+    backward of the graph writes them (into the graph's memory) and every replay does the same:
+    a replay needs no zero_grad, and parameters without a gradient (MDSR's other branches) stay
+    out of the graph's Adam step."""
+
+    def capture(body: Callable[[], None]) -> Callable[[], None]:
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            body()
+        return graph.replay
+
+    return capture
+
+
+class CapturedStep(TrainStep):
+    """The update as a CUDA graph per batch shape (scale and patch sizes of each micro-batch).
+
+    Each shape's first WARMUP_UPDATES updates run eagerly on a side stream (cuDNN's autotuning,
+    Adam's state); the next one captures the body and replays it, and so does every later one. The
+    body is the eager step without Accelerate's wrappers (one process, no DeepSpeed, no fp16:
+    there is nothing for them to do): the same forward (Accelerate's autocast), the loss divided
+    by the micro-batch count, torch's clip_grad_norm_ and the Adam update.
+
+    `capture` is cuda_graph_capture(optimizer) on a GPU; tests pass one that replays eagerly.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Any, accelerator: Accelerator, config: TrainConfig,
+                 *, capture: Capture | None = None, warmup: int = WARMUP_UPDATES):
+        super().__init__(model, optimizer, accelerator, config)
+        self.inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper adds nothing here
+        self.capture = capture or cuda_graph_capture(self.inner)
+        self.warmup = warmup
+        self.inputs: dict[tuple, list[tuple[torch.Tensor, torch.Tensor, int]]] = {}
+        self.replays: dict[tuple, Callable[[], None]] = {}
+        self.eager_runs: dict[tuple, int] = {}
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def __call__(self, micro_batches: Sequence[Any]) -> None:
+        key = tuple((b.scale, tuple(b.lr.shape), tuple(b.hr.shape)) for b in micro_batches)
+        if key not in self.inputs:
+            self.inputs[key] = [
+                (torch.empty(b.lr.shape, dtype=torch.uint8, device=self.device),
+                 torch.empty(b.hr.shape, dtype=torch.uint8, device=self.device), b.scale)
+                for b in micro_batches
+            ]
+        for (lr, hr, _), batch in zip(self.inputs[key], micro_batches, strict=True):
+            # Ordered after the previous replay on the same stream: no race on the static inputs.
+            lr.copy_(torch.as_tensor(batch.lr), non_blocking=True)
+            hr.copy_(torch.as_tensor(batch.hr), non_blocking=True)
+        replay = self.replays.get(key)
+        if replay is None:
+            runs = self.eager_runs.get(key, 0)
+            if runs < self.warmup:
+                self._eager(key)
+                self.eager_runs[key] = runs + 1
+            else:
+                replay = self.replays[key] = self.capture(lambda: self._body(key))
+        if replay is not None:
+            replay()
+        self.updates += 1
+
+    def _body(self, key: tuple) -> None:
+        inputs = self.inputs[key]
+        total = torch.zeros((), device=self.device)
+        for lr_u8, hr_u8, scale in inputs:
+            lr, hr = lr_u8.float(), hr_u8.float()
+            if self.config.channels_last:
+                lr = lr.contiguous(memory_format=torch.channels_last)
+            loss = F.l1_loss(self.model(lr, scale), hr)
+            (loss / len(inputs)).backward()
+            total = total + loss.detach()
+        if self.config.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip, foreach=True)
+        self.inner.step()
+        self.loss_sum.add_(total / len(inputs))
+
+    def _eager(self, key: tuple) -> None:
+        stream = _side_stream(self.device)
+        with stream, warnings.catch_warnings():
+            # Adam warns that a capturable instance runs uncaptured: these updates are meant to.
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
+            # None before, since a replay leaves its gradients in place (the next replay writes
+            # them anew, an eager backward would add to them); None after, for the next capture.
+            self.inner.zero_grad(set_to_none=True)
+            self._body(key)
+            self.inner.zero_grad(set_to_none=True)
+
+
+def _side_stream(device: torch.device) -> contextlib.AbstractContextManager:
+    """Warm-up on a side stream, as CUDA graph capture wants (lazy initialisations stay off the
+    capture stream); the current stream waits for it before and after."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def side() -> Iterator[None]:
+        main, side_stream = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+        side_stream.wait_stream(main)
+        with torch.cuda.stream(side_stream):
+            yield
+        main.wait_stream(side_stream)
+
+    return side()
+
+
+@contextlib.contextmanager
+def conv_autotuning(device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """cuDNN's benchmark mode for the fixed patch shape of training (free speed); off again for
+    validation, whose every image size would be autotuned anew."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every value of every tensor is finite (one host read)."""
+    flags = [torch.isfinite(t.detach()).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+__all__ = ["EAGER_BF16_MIN_TFLOP", "WARMUP_UPDATES", "CapturedStep", "StepPlan", "TrainStep", "all_finite",
+           "choose_setup", "configure_optimizer", "conv_autotuning", "cuda_graph_capture", "eager_reason",
+           "learning_rate", "make_optimizer", "model_inputs", "set_lr", "training_tflop"]
