@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from typing import Any
@@ -67,7 +68,15 @@ def section_mdsr(run: Run, sec: Section) -> None:
     from ntire.data.stream import Batch
     from ntire.models.build import build_model
     from ntire.training.distributed import finish, make_accelerator
-    from ntire.training.fit import update
+    from ntire.training.fit import step_plan
+    from ntire.training.step import (
+        WARMUP_UPDATES,
+        CapturedStep,
+        TrainStep,
+        configure_optimizer,
+        conv_autotuning,
+        make_optimizer,
+    )
 
     s = run.sizes
     config = build_config(overrides={
@@ -77,16 +86,27 @@ def section_mdsr(run: Run, sec: Section) -> None:
     })
     reset_accelerate()
     accelerator = make_accelerator(config)
+    cleanup = contextlib.ExitStack()
     try:
+        # The step as fit() builds it: captured as CUDA graphs (one per scale) on a GPU, else eager.
         torch.manual_seed(0)
+        plan = step_plan(config, accelerator, "precision as configured")
         model = build_model(config.model)
         o = config.optim
-        optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        optimizer = make_optimizer(model, o, fused=plan.fused_adam, capturable=plan.captured, device=accelerator.device)
         model, optimizer = accelerator.prepare(model, optimizer)
+        configure_optimizer(optimizer, fused=plan.fused_adam, capturable=plan.captured, lr=o.lr,
+                            device=accelerator.device)
+        step_fn = (CapturedStep if plan.captured else TrainStep)(model, optimizer, accelerator, config)
+        cleanup.enter_context(conv_autotuning(accelerator.device))  # as fit() trains
+
+        def update(b: Any) -> None:
+            step_fn([b])
+
         sec.notes.append(f"{config.model.name} (scales 2, 3, 4) on {accelerator.device}, {fp32_name(run)}, batch "
-                         f"{s.batch}, {s.patch}x{s.patch}, through ntire.training.fit.update (Accelerate backward, "
-                         f"grad clip 1.0, Adam at the paper's lr {o.lr:g} with weight decay {o.weight_decay:g}: the "
-                         f"paths a missing gradient could upset)")
+                         f"{s.batch}, {s.patch}x{s.patch}, through ntire's training step as fit() builds it "
+                         f"(ntire.training.step; grad clip 1.0, Adam at the paper's lr {o.lr:g} with weight decay "
+                         f"{o.weight_decay:g}: the paths a missing gradient could upset): {plan.line}")
 
         def batch(scale: int) -> Any:
             g = torch.Generator().manual_seed(scale)
@@ -95,15 +115,17 @@ def section_mdsr(run: Run, sec: Section) -> None:
             return Batch(lr, hr, scale)
 
         warmup, steps = s.mdsr_steps
+        if plan.captured:  # time replays: each scale's eager warm-up and its capture come first
+            warmup = max(warmup, WARMUP_UPDATES + 2)
         flops = {k: train_flops_per_patch(run.model_config("mdsr", (k,)), s.patch) for k in (2, 3, 4)}
         for scale in (2, 3, 4):
             b = batch(scale)
             for _ in range(warmup):
-                update(model, optimizer, accelerator, [b], config)
+                update(b)
             run.clock.sync()
             start = run.clock.mark()
             for _ in range(steps):
-                update(model, optimizer, accelerator, [b], config)
+                update(b)
             ms = run.clock.ms(start, run.clock.mark()) / steps
             sec.row(item=f"x{scale} update", step_ms=ms, patches_s=s.batch / (ms / 1e3),
                     tflops=flops[scale] * s.batch / (ms / 1e3) / 1e12, figure=MEASURED,
@@ -112,7 +134,7 @@ def section_mdsr(run: Run, sec: Section) -> None:
         names = {id(p): n for n, p in model.named_parameters()}
         params = {n: p.detach().clone() for n, p in model.named_parameters()}
         states = {names[id(p)]: copy.deepcopy(st) for p, st in optimizer.state.items()}
-        update(model, optimizer, accelerator, [batch(3)], config)  # branch index 1
+        update(batch(3))  # branch index 1; a replay when captured
         run.clock.sync()
         after = {n: p.detach() for n, p in model.named_parameters()}
         after_states = {names[id(p)]: st for p, st in optimizer.state.items()}
@@ -121,6 +143,7 @@ def section_mdsr(run: Run, sec: Section) -> None:
             sec.check(item, ok, figure=MEASURED, note=note)
         del model, optimizer
     finally:
+        cleanup.close()
         finish(accelerator)
         free_memory(run)
 

@@ -53,19 +53,10 @@ class TimedBatches:
         return batch
 
     def close(self) -> None:
-        """Stop the loader's workers now; fit() calls this as it ends.
-
-        TrainBatches has no close() (yet): its generator and DataLoader iterator form a reference
-        cycle, so without this the workers are only stopped at some later garbage collection, which
-        then stalls about 5 s (DataLoader's worker join timeout), possibly inside a timed region.
-        """
+        """Stop the loader's workers now (fit() closes its stream as it ends)."""
         close = getattr(self.inner, "close", None)
         if close is not None:
             close()
-            return
-        it = getattr(self.inner, "_it", None)
-        if it is not None:
-            it.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -81,10 +72,6 @@ def fit_config(run: Run, preset: str, setup: Setup | None, warmup: int, steps: i
     if setup is not None:
         speed = {"mixed_precision": "bf16" if setup.bf16 else "no", "channels_last": setup.channels_last,
                  "compile": setup.compiled, "capture": setup.captured}
-        from ntire.config import TrainConfig
-
-        if "capture" not in TrainConfig.__dataclass_fields__:
-            del speed["capture"]  # TEMPORARY: until the lead's "fit API:" commit
     return build_config(overrides={
         "model": {"preset": preset, "scales": [2], **s.model_overrides},
         "data": {"source": shards, "batch_size": s.batch, "patch_size": s.patch, "shuffle_buffer": s.shuffle_buffer,
@@ -109,12 +96,14 @@ def fit_run(run: Run, config: Any, warmup: int, steps: int) -> dict[str, Any]:
         marks.append((step, run.clock.mark(), metrics["train/patches_per_s"]))  # the device is idle here
 
     def batches(config: Any, drawn: int) -> TimedBatches:
-        timed.append(TimedBatches(training_batches(config, training_urls(config), start=drawn)))
+        # ntire's own loader as fit() builds it by default (pinned for a GPU), timed.
+        inner = training_batches(config, training_urls(config), start=drawn, pin_memory=run.cuda)
+        timed.append(TimedBatches(inner))
         return timed[-1]
 
     run.reset_peak()
     try:
-        result = _fit(fit, config, batches, on_log)
+        result = fit(config, batches=batches, on_log=on_log)
     finally:
         peak = run.peak_gib()
         shutil.rmtree(config.output_dir, ignore_errors=True)
@@ -129,44 +118,17 @@ def fit_run(run: Run, config: Any, warmup: int, steps: int) -> dict[str, Any]:
             "resolved": resolved_setup(result.setup, config)}
 
 
-def _fit(fit: Any, config: Any, batches: Any, on_log: Any) -> Any:
-    """TEMPORARY, until fit() takes `batches` and `on_log` (the lead's "fit API:" commit)."""
-    import dataclasses
-    import inspect
-
-    import ntire.training.fit as fit_module
-
-    if "on_log" in inspect.signature(fit).parameters:
-        return fit(config, batches=batches, on_log=on_log)
-    append, loader = fit_module._append_jsonl, fit_module.training_batches
-
-    def logged(out_dir: Path, main: bool, record: dict[str, Any]) -> None:
-        if "train/loss" in record:
-            on_log(record["step"], record)
-        append(out_dir, main, record)
-
-    fit_module._append_jsonl = logged
-    fit_module.training_batches = lambda config, _urls, *, start: batches(config, start)
-    try:
-        fit(config)
-    finally:
-        fit_module._append_jsonl, fit_module.training_batches = append, loader
-    import yaml
-
-    saved = yaml.safe_load((Path(config.output_dir) / fit_module.RUN_CONFIG_NAME).read_text())
-    line = f"{saved.get('mixed_precision') or 'no'}, {'channels_last' if saved.get('channels_last') else ''}, eager"
-    return dataclasses.make_dataclass("R", ["setup"])(line)
-
-
 def resolved_setup(line: str, config: Any) -> Setup:
-    """What fit() ran, from its one-line `setup` (FitResult.setup: precision, layout, captured or
-    eager and why), e.g. "bf16 autocast, channels_last, captured CUDA graph"."""
-    text = line.lower()
-    words = text.replace(",", " ").replace(";", " ").replace("(", " ").replace(")", " ").split()
-    bf16 = "bf16" in text
-    channels_last = "channels_last" in words and "no channels_last" not in text
-    captured = "captured" in words and "eager" not in words
-    return Setup(bf16=bf16, channels_last=channels_last, captured=captured, compiled=bool(config.compile))
+    """What fit() ran, read from its one line about the step (FitResult.setup, the line of
+    ntire.training.step.StepPlan): "training step: HOW, PRECISION, LAYOUT[, extras] (why)", where
+    HOW is "captured as CUDA graphs" or "eager". Only the fields before the reason are read: the
+    reason may name other precisions."""
+    prefix = "training step: "
+    fields = line.removeprefix(prefix).split(", ")
+    if not line.startswith(prefix) or len(fields) < 3 or fields[0] not in ("eager", "captured as CUDA graphs"):
+        raise RuntimeError(f"fit()'s setup line is not as expected (ntire.training.step.StepPlan.line): {line!r}")
+    return Setup(bf16=fields[1].startswith("bf16"), channels_last=fields[2].startswith("channels_last"),
+                 captured=fields[0] != "eager", compiled=bool(config.compile))
 
 
 def section_training(run: Run, sec: Section) -> str | None:
