@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +100,9 @@ def _plain_loop(run: Run, preset: str, setup: Setup, optim: Any, warmup: int, st
     if setup.captured:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), warnings.catch_warnings():
+            # Adam warns that a capturable instance runs uncaptured: these steps are meant to.
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
             for _ in range(CAPTURE_WARMUP):
                 eager_step()
         torch.cuda.current_stream().wait_stream(side)
