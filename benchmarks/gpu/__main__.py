@@ -99,7 +99,7 @@ def run_section(run: Run, name: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=benchmarks.gpu.__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="benchmarks/gpu", description=benchmarks.gpu.__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="folder for report.json and report.md")
     parser.add_argument("--smoke", action="store_true", help="every section on the CPU with tiny sizes, in seconds")
