@@ -48,28 +48,11 @@ def rel_err(y, ref) -> float:
 
 
 def train_flops_per_patch(config, patch: int) -> float:
-    """Analytic FLOPs of one training step per LR patch: 3 x the forward convolutions' 2*Cin*Cout*k*k
-    per output pixel (forward, gradients of inputs and of weights), as benchmarks/train_step.py counts."""
-    import torch
-    from torch import nn
+    """Analytic FLOPs of one training step per LR patch (ntire.training.step.training_tflop: 3 x the
+    forward convolutions' 2*Cin*Cout*k*k per output pixel, at the config's largest scale)."""
+    from ntire.training.step import training_tflop
 
-    from ntire.models.build import build_model
-
-    total = 0
-
-    def count(module: nn.Conv2d, _inputs: Any, output: torch.Tensor) -> None:
-        nonlocal total
-        k = module.kernel_size[0] * module.kernel_size[1]
-        pixels = output.shape[-2] * output.shape[-1]
-        total += 2 * (module.in_channels // module.groups) * module.out_channels * k * pixels
-
-    with torch.device("meta"):
-        model = build_model(config)
-        hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
-        model(torch.empty(1, 3, patch, patch), config.scales[0])
-        for h in hooks:
-            h.remove()
-    return 3.0 * total
+    return training_tflop(config, batch=1, patch=patch) * 1e12
 
 
 def model_name(preset: str, config: Any) -> str:
