@@ -7,6 +7,7 @@ import sys
 
 from ntire import __version__
 from ntire.commands import (
+    average,
     benchmark,
     compare,
     convert,
@@ -29,6 +30,7 @@ COMMANDS: dict = {
     "degrade": degrade,
     "train": train,
     "tune": tune,
+    "average": average,
     "upscale": upscale,
     "evaluate": evaluate,
     "compare": compare,

@@ -204,6 +204,13 @@ class OptimConfig:
     lr_gamma: float = 0.5
     """Learning-rate factor applied every `lr_step` updates (paper: halved)."""
 
+    loss: Literal["l1", "l2", "charbonnier"] = field(default="l1", metadata=flag("--loss"))
+    """Training loss (ntire.training.losses): `l1` (the paper's), `l2` (the paper's Table 1 ablation:
+    lower PSNR) or `charbonnier` (sqrt(d^2 + eps^2), a smooth L1)."""
+
+    loss_eps: float = 1e-3
+    """Charbonnier's epsilon, on images scaled to [0, 1] (1e-3 is the common choice)."""
+
     grad_clip: float | None = field(default=None, metadata=flag("--grad-clip", metavar="NORM"))
     """Clip the global gradient norm to this value; default no clipping."""
 
@@ -220,6 +227,8 @@ class OptimConfig:
             raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if not 0.0 < self.lr_gamma <= 1.0:
             raise ConfigError(f"optim.lr_gamma must lie in (0, 1], got {self.lr_gamma}")
+        if self.loss_eps <= 0:
+            raise ConfigError(f"optim.loss_eps must be positive, got {self.loss_eps}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"optim.grad_clip must be positive, got {self.grad_clip}")
         _positive(self, "lr_step", "optim")

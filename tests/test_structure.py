@@ -21,16 +21,13 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 def imports_of(name: str, path: Path) -> set[str]:
     """ntire modules `name` imports anywhere in its body (deferred imports count: a cycle through
-    a function-level import is still a cycle in the design). TYPE_CHECKING blocks do not count."""
+    a function-level import is still a cycle in the design), and so do TYPE_CHECKING blocks: a type
+    that one module takes from another is a dependency too (training/export <-> validate was one)."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -1,42 +1,20 @@
-"""The trained network out of its training wrappers: a plain fp32 copy, and the exported model
-folder (`<output_dir>/model`: safetensors + config.yaml) that inference and submissions read."""
+"""The exported model folder of a run (`<output_dir>/model`: safetensors + config.yaml), which
+inference and submissions read."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
 from ntire.config import TrainConfig, data_name
-from ntire.models.build import build_model, unwrap
+from ntire.training.weights import fp32_network
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from ntire.training.validate import Validation
-
-
-def trained_weights(model: nn.Module, accelerator: Accelerator) -> dict[str, torch.Tensor]:
-    """The network's state_dict, gathered from every process under DeepSpeed ZeRO-3 (where all
-    processes must call this)."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return accelerator.get_state_dict(model)
-    return unwrap(model).state_dict()
-
-
-def fp32_network(model: nn.Module, config: TrainConfig, accelerator: Accelerator, device: Any) -> nn.Module:
-    """A plain fp32 copy of the trained network on `device`, outside every training wrapper (DDP,
-    DeepSpeed, compile, autocast): what the exported model computes. Every process must call it."""
-    weights = trained_weights(model, accelerator)
-    with torch.device("meta"):  # no initialisation: no time, and no draw from the RNG
-        network = build_model(config.model)
-    network = network.to_empty(device=device)
-    network.load_state_dict(weights)
-    return network
 
 
 def export_model(model: nn.Module, config: TrainConfig, accelerator: Accelerator, *, step: int,
@@ -63,4 +41,4 @@ def export_model(model: nn.Module, config: TrainConfig, accelerator: Accelerator
     return model_dir
 
 
-__all__ = ["export_model", "fp32_network", "trained_weights"]
+__all__ = ["export_model"]

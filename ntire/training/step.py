@@ -14,6 +14,7 @@ host) and torch.compile (its own kernels); those run the eager step, and the run
 Written on top of `torch.cuda.graphs` rather than `torch.compile(mode="reduce-overhead")`: the
 whole update is one graph, with no compilation (15-20 s per model on the H200) and the same
 kernels as eager, so a captured run computes what an eager one does.
+The loss is `optim.loss` (ntire.training.losses; L1 as the paper).
 
 Every choice a run makes here is said in one line (`StepPlan.line`).
 """
@@ -27,10 +28,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ntire.config import ModelConfig, OptimConfig, TrainConfig
+from ntire.training.losses import make_loss
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -231,6 +232,7 @@ class TrainStep:
         self.accelerator = accelerator
         self.config = config
         self.device = accelerator.device
+        self.loss_fn = make_loss(config.optim.loss, eps=config.optim.loss_eps, rgb_range=config.model.rgb_range)
         self.loss_sum = torch.zeros((), device=self.device)
         self.updates = 0
 
@@ -245,7 +247,7 @@ class TrainStep:
         for batch in micro_batches:
             lr, hr = model_inputs(batch, self.device, config.channels_last)
             with accelerator.accumulate(self.model):
-                loss = F.l1_loss(self.model(lr, batch.scale), hr)
+                loss = self.loss_fn(self.model(lr, batch.scale), hr)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.optim.grad_clip:
                     accelerator.clip_grad_norm_(self.model.parameters(), config.optim.grad_clip)
@@ -342,7 +344,7 @@ class CapturedStep(TrainStep):
             lr, hr = lr_u8.float(), hr_u8.float()
             if self.config.channels_last:
                 lr = lr.contiguous(memory_format=torch.channels_last)
-            loss = F.l1_loss(self.model(lr, scale), hr)
+            loss = self.loss_fn(self.model(lr, scale), hr)
             (loss / len(inputs)).backward()
             total = total + loss.detach()
         if self.config.optim.grad_clip:

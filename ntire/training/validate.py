@@ -196,7 +196,7 @@ def run_validation(
     """
     from accelerate.utils import gather_object
 
-    from ntire.training.export import fp32_network
+    from ntire.training.weights import fp32_network
 
     network = fp32_network(model, config, accelerator, accelerator.device)
     gather = gather_object if accelerator.num_processes > 1 else (lambda rows: rows)
