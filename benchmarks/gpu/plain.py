@@ -1,5 +1,5 @@
-"""The plain training loops fit() is measured against: the same model, L1, Adam and clipping as the
-run's config, on one batch already on the device, eager or captured whole as one CUDA graph."""
+"""The plain training loops fit() is measured against: the same model, loss (L1 by default), Adam
+and clipping as the run's config, on one batch already on the device, eager or captured whole as one CUDA graph."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class Setup:
 
 def plain_loop(run: Run, preset: str, setup: Setup, optim: Any, warmup: int, steps: int,
                compile_limit: float) -> dict[str, Any]:
-    """Time `steps` updates after `warmup` ones: forward (autocast like Accelerate), L1 in fp32,
+    """Time `steps` updates after `warmup` ones: forward (autocast like Accelerate), the loss in fp32,
     backward, clipping when `optim.grad_clip` says so, Adam (`optim`'s settings; fused on a GPU),
     with `cudnn.benchmark` on (the patch shape never changes). Captured: after CAPTURE_WARMUP eager
     steps on a side stream, one step is captured with torch.cuda.graph (capturable Adam, its lr a
@@ -62,13 +62,15 @@ def plain_loop(run: Run, preset: str, setup: Setup, optim: Any, warmup: int, ste
 def _plain_loop(run: Run, preset: str, setup: Setup, optim: Any, warmup: int, steps: int,
                 compile_limit: float) -> dict[str, Any]:
     import torch
-    import torch.nn.functional as F
 
     from ntire.models.build import build_model
+    from ntire.training.losses import make_loss
 
     s = run.sizes
     torch.manual_seed(0)
-    model = build_model(run.model_config(preset, (2,))).to(run.device)
+    model_config = run.model_config(preset, (2,))
+    model = build_model(model_config).to(run.device)
+    loss_fn = make_loss(optim.loss, eps=optim.loss_eps, rgb_range=model_config.rgb_range)
     if setup.channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if setup.compiled else model
@@ -86,7 +88,7 @@ def _plain_loop(run: Run, preset: str, setup: Setup, optim: Any, warmup: int, st
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=setup.bf16,
                             cache_enabled=not setup.captured):
             sr = forward(lr)
-        F.l1_loss(sr.float(), hr).backward()
+        loss_fn(sr.float(), hr).backward()
         if optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         optimizer.step()

@@ -138,9 +138,9 @@ def section_training(run: Run, sec: Section) -> str | None:
     sec.notes.append(wait_note(info))
     s = run.sizes
     sec.notes.append(f"batch {s.batch}, {s.patch}x{s.patch} LR patches, x2; fit() with {run.args.num_workers} loader "
-                     f"workers, tracking off, no validation; plain = the same model, L1 and Adam (the config's lr, "
-                     f"betas, eps, weight decay and clipping; fused on a GPU) with cudnn.benchmark on, on one random "
-                     f"batch already on the device: eager, or captured = the whole step as one CUDA graph "
+                     f"workers, tracking off, no validation; plain = the same model, loss (L1) and Adam (the config's "
+                     f"lr, betas, eps, weight decay and clipping; fused on a GPU) with cudnn.benchmark on, on one "
+                     f"random batch already on the device: eager, or captured = the whole step as one CUDA graph "
                      f"(torch.cuda.graph, capturable Adam). default = ntire train with no speed flags, beside the "
                      f"plain loop of the precision and layout it chose, captured when it captured. TFLOP/s from the "
                      f"analytic conv FLOPs; MFU against the measured matmul ceiling of the same precision (TF32 for "
