@@ -30,15 +30,15 @@ test: lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# The GPU proof (benchmarks/gpu.py): every GPU path checked and measured in under 6 minutes, the
+# The GPU proof (benchmarks/gpu/): every GPU path checked and measured in under 6 minutes, the
 # report written to $(GPU_OUT) as it goes. `make gpu-check GPU_ARGS=--smoke` runs it on the CPU.
 GPU_OUT ?= runs/gpu-check
 GPU_ARGS ?=
 gpu-check: $(STAMP)
-	$(PY) benchmarks/gpu.py --out $(GPU_OUT) $(GPU_ARGS)
+	$(PY) benchmarks/gpu --out $(GPU_OUT) $(GPU_ARGS)
 
 bench: $(STAMP)
-	# gpu.py needs a CUDA device (make gpu-check); the others run anywhere.
+	# benchmarks/gpu needs a CUDA device (make gpu-check); the others run anywhere.
 	for b in inference loader train_step faults; do $(PY) benchmarks/$$b.py || exit 1; done
 
 clean:

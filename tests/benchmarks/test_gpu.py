@@ -1,4 +1,4 @@
-"""benchmarks/gpu.py, the GPU proof: its CPU smoke run, its refusal without a GPU, and ntire's training
+"""benchmarks/gpu, the GPU proof: its CPU smoke run, its refusal without a GPU, and ntire's training
 on a Python like the GPU machine's (no mlflow, ray or deepspeed; webdataset only from wheels)."""
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "gpu.py"
+SCRIPT = REPO / "benchmarks" / "gpu"
+"""Run as a folder: python3 benchmarks/gpu (its __main__.py)."""
 SECTIONS = ["environment", "correctness", "training", "mdsr", "inference", "accelerate"]
 ABSENT = ("mlflow", "ray", "deepspeed")
 """Not installed on the GPU machine."""
 FROM_WHEELS = ("webdataset", "braceexpand")
-"""Not installed there either; given to gpu.py as wheels (--wheels)."""
+"""Not installed there either; given to benchmarks/gpu as wheels (--wheels)."""
 
 
 def _hidden(name: str) -> bool:
@@ -36,7 +37,7 @@ def bare_python(tmp_path_factory) -> tuple[str, Path, dict[str, str]]:
     """(python, wheels folder, environment): a virtual environment holding this one's packages
     except mlflow, ray, deepspeed, webdataset and braceexpand (and the editable ntire install), their
     metadata included, so that they are absent for the processes it starts too; webdataset and
-    braceexpand as wheels made by `gpu.py --make-wheels`."""
+    braceexpand as wheels made by `benchmarks/gpu --make-wheels`."""
     pytest.importorskip("webdataset")
     root = tmp_path_factory.mktemp("bare")
     venv.EnvBuilder(with_pip=False, symlinks=True).create(root / "env")
@@ -100,7 +101,13 @@ def test_smoke_run_reports_every_section_without_error(bare_python, tmp_path):
     matmul = [row for item, row in env_rows.items() if "matmul" in item]
     assert len(matmul) == 2 and all(number(r["value"]) and r["value"] > 0 and r["unit"] == "TFLOP/s" for r in matmul)
     training = [row for row in sections["training"]["rows"] if "fit_patches_s" in row]
-    assert len(training) == 4  # fp32, bf16, bf16 + channels_last, + compile
+    options = [row["option"] for row in training]
+    # default (fp32 eager on this CPU, so the fp32 eager case is not run twice), bf16, bf16 +
+    # channels_last, + compile; no captured row: CUDA graphs need a GPU.
+    assert len(training) == 4 and options[0].startswith("default: ") and options[0].endswith(", eager"), options
+    assert any("compile" in o for o in options) and not any("captured" in o for o in options), options
+    assert all(row["fit_setup"] for row in training)
+    assert any("captured rows: skipped on the CPU" in n for n in sections["training"]["notes"])
     for row in training:
         for key in ("plain_patches_s", "fit_patches_s", "fit_over_plain", "fit_step_ms", "fit_tflops", "fit_mfu_pct",
                     "loader_wait_ms_step"):
@@ -186,34 +193,36 @@ def test_a_compile_that_runs_too_long_is_stopped_and_the_outer_time_limit_kept(m
     # compiler inside dynamo); the smoke run cannot show it: its compile takes well under a second.
     import argparse
     import functools
-    import importlib.util
     import signal
     import time
 
     import torch
 
-    spec = importlib.util.spec_from_file_location("gpu_proof", SCRIPT)
-    gpu = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_proof", gpu)  # dataclasses look their module up there
-    spec.loader.exec_module(gpu)
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.gpu.clock import Clock, DeadlineExceeded, alarm
+    from benchmarks.gpu.context import SECTIONS, Run
+    from benchmarks.gpu.plain import Setup, plain_loop
+    from benchmarks.gpu.sizes import SMOKE
+    from ntire.config import OptimConfig
 
     def slow_backend(graph, _example_inputs):  # a compiler that takes 30 s
         time.sleep(30)
         return graph
 
     def on_alarm(*_):
-        raise gpu.DeadlineExceeded("alarm")
+        raise DeadlineExceeded("alarm")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=slow_backend))
-    args = argparse.Namespace(smoke=True, compile_limit_s=1.0, sections=list(gpu.SECTIONS))
-    run = gpu.Run(args=args, sizes=gpu.SMOKE, device=torch.device("cpu"), clock=gpu.Clock(False), report=None,
-                  work=None, deadline=time.monotonic() + 100, wheels=[])
+    args = argparse.Namespace(smoke=True, compile_limit_s=1.0, sections=list(SECTIONS))
+    run = Run(args=args, sizes=SMOKE, device=torch.device("cpu"), clock=Clock(False), report=None,
+              work=None, deadline=time.monotonic() + 100, wheels=[])
     outer, _ = signal.getitimer(signal.ITIMER_REAL)  # pytest-timeout's, if it uses SIGALRM
     try:
         started = time.monotonic()
-        with gpu.alarm(20):
-            result = gpu.plain_loop(run, "edsr-baseline", "bf16_cl_compile", 1, 2, compile_limit=1.0)
+        with alarm(20):
+            setup = Setup(bf16=True, channels_last=True, compiled=True)
+            result = plain_loop(run, "edsr-baseline", setup, OptimConfig(), 1, 2, compile_limit=1.0)
             left, _ = signal.getitimer(signal.ITIMER_REAL)
         assert "stopped after 1 s" in result["skipped"]
         assert time.monotonic() - started < 10
@@ -224,3 +233,94 @@ def test_a_compile_that_runs_too_long_is_stopped_and_the_outer_time_limit_kept(m
         torch._dynamo.reset()
         signal.signal(signal.SIGALRM, previous)
         signal.setitimer(signal.ITIMER_REAL, max(0.0, outer - (time.monotonic() - started)) if outer else 0)
+
+
+def _isolation_case():
+    """An x3-like update by hand: weights and Adam state before and after, branch 0 untouched."""
+    import torch
+
+    before = {"pre_process.0.w": torch.ones(3), "pre_process.1.w": torch.ones(3), "body.w": torch.ones(3)}
+    states = {n: {"step": torch.tensor(4.0), "exp_avg": torch.zeros(3), "exp_avg_sq": torch.ones(3)} for n in before}
+    after = {n: t.clone() if n == "pre_process.0.w" else t + 0.1 for n, t in before.items()}
+    after_states = {n: {k: v.clone() for k, v in s.items()} for n, s in states.items()}
+    for n in ("pre_process.1.w", "body.w"):
+        after_states[n]["step"] += 1
+    return before, states, after, after_states
+
+
+def test_mdsr_isolation_passes_untouched_branches_and_fails_any_change_or_nan(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    import torch
+
+    from benchmarks.gpu.mdsr import branch, isolation
+
+    def untouched(name):
+        return branch(name) == 0
+
+    before, states, after, after_states = _isolation_case()
+    assert [ok for _, ok, _ in isolation(before, states, after, after_states, untouched)] == [True, True]
+
+    # One ulp on an untouched weight fails: the comparison is exact.
+    before, states, after, after_states = _isolation_case()
+    after["pre_process.0.w"][0] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
+    (item, ok, note), (_, moved_ok, _) = isolation(before, states, after, after_states, untouched)
+    assert not ok and "pre_process.0.w" in note and moved_ok
+
+    # A NaN anywhere fails both checks by name, even where NaN would "equal" NaN for the moved check.
+    for where in ("after", "state"):
+        before, states, after, after_states = _isolation_case()
+        if where == "after":
+            after["body.w"][1] = float("nan")
+        else:
+            after_states["pre_process.0.w"]["exp_avg_sq"][0] = float("inf")
+        checks = isolation(before, states, after, after_states, untouched)
+        assert [ok for _, ok, _ in checks] == [False, False], where
+        assert all("non-finite" in note and "nothing compared" in note for _, _, note in checks), checks
+
+
+def test_the_captured_plain_loop_is_skipped_on_the_cpu(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    import argparse
+    import time
+
+    import torch
+
+    from benchmarks.gpu.clock import Clock
+    from benchmarks.gpu.context import SECTIONS, Run
+    from benchmarks.gpu.plain import Setup, plain_loop
+    from benchmarks.gpu.sizes import SMOKE
+    from ntire.config import OptimConfig
+
+    args = argparse.Namespace(smoke=True, compile_limit_s=1.0, sections=list(SECTIONS))
+    run = Run(args=args, sizes=SMOKE, device=torch.device("cpu"), clock=Clock(False), report=None,
+              work=None, deadline=time.monotonic() + 100, wheels=[])
+    setup = Setup(bf16=False, channels_last=False, captured=True)
+    assert plain_loop(run, "edsr-baseline", setup, OptimConfig(), 1, 2, compile_limit=1.0) == {
+        "skipped": "CUDA graphs need a CUDA device"}
+    eager = plain_loop(run, "edsr-baseline", Setup(bf16=False, channels_last=False), OptimConfig(grad_clip=1.0), 1, 2,
+                       compile_limit=1.0)
+    assert eager["patches_per_s"] > 0 and torch.backends.cudnn.benchmark is False  # restored after the loop
+
+
+def test_the_default_row_reads_what_fit_ran_from_its_setup_line(monkeypatch):
+    # The default row's plain loop follows fit()'s choice, read from the line ntire's StepPlan
+    # writes: a change of that line's format must fail here, not mislabel a GPU run's rows.
+    monkeypatch.syspath_prepend(str(REPO))
+    import itertools
+    from types import SimpleNamespace
+
+    from benchmarks.gpu.plain import Setup
+    from benchmarks.gpu.training import resolved_setup
+    from ntire.training.step import StepPlan
+
+    config = SimpleNamespace(compile=False)
+    for device, precision, channels_last, captured in itertools.product(("cuda", "cpu"), ("no", "bf16"),
+                                                                        (False, True), (False, True)):
+        # The reason names other settings on purpose: only the fields before it count.
+        plan = StepPlan(device=device, precision=precision, channels_last=channels_last, captured=captured,
+                        why="auto: bf16 + channels_last, fastest with a captured step; eager fp32 NCHW",
+                        fused_adam=device == "cuda")
+        assert resolved_setup(plan.line, config) == Setup(bf16=precision == "bf16", channels_last=channels_last,
+                                                          captured=captured), plan.line
+    with pytest.raises(RuntimeError, match="setup line"):
+        resolved_setup("bf16, channels_last, captured", config)
