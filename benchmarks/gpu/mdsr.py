@@ -71,11 +71,9 @@ def section_mdsr(run: Run, sec: Section) -> None:
     from ntire.training.fit import step_plan
     from ntire.training.step import (
         WARMUP_UPDATES,
-        CapturedStep,
-        TrainStep,
-        configure_optimizer,
         conv_autotuning,
         make_optimizer,
+        training_step,
     )
 
     s = run.sizes
@@ -95,9 +93,7 @@ def section_mdsr(run: Run, sec: Section) -> None:
         o = config.optim
         optimizer = make_optimizer(model, o, fused=plan.fused_adam, capturable=plan.captured, device=accelerator.device)
         model, optimizer = accelerator.prepare(model, optimizer)
-        configure_optimizer(optimizer, fused=plan.fused_adam, capturable=plan.captured, lr=o.lr,
-                            device=accelerator.device)
-        step_fn = (CapturedStep if plan.captured else TrainStep)(model, optimizer, accelerator, config)
+        step_fn = training_step(model, optimizer, accelerator, config, plan, lr=o.lr)
         cleanup.enter_context(conv_autotuning(accelerator.device))  # as fit() trains
 
         def update(b: Any) -> None:

@@ -85,20 +85,19 @@ def fit_config(run: Run, preset: str, setup: Setup | None, warmup: int, steps: i
 
 def fit_run(run: Run, config: Any, warmup: int, steps: int) -> dict[str, Any]:
     """ntire's fit() with `config`; timed between its log points after `warmup` and at the end.
-    Returns the figures, `setup` (fit()'s line saying how it ran) and `resolved` (as a Setup)."""
+    Returns the figures, `setup` (fit()'s line saying how it ran) and `resolved` (FitResult.plan as a Setup)."""
     from ntire.training.fit import fit
-    from ntire.training.inputs import training_batches, training_urls
+    from ntire.training.inputs import default_batches
 
     marks: list[tuple[int, Any, float]] = []
     timed: list[TimedBatches] = []
+    loader = default_batches(pin_memory=run.cuda)  # ntire's own loader, as fit() builds it
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
         marks.append((step, run.clock.mark(), metrics["train/patches_per_s"]))  # the device is idle here
 
     def batches(config: Any, drawn: int) -> TimedBatches:
-        # ntire's own loader as fit() builds it by default (pinned for a GPU), timed.
-        inner = training_batches(config, training_urls(config), start=drawn, pin_memory=run.cuda)
-        timed.append(TimedBatches(inner))
+        timed.append(TimedBatches(loader(config, drawn)))
         return timed[-1]
 
     run.reset_peak()
@@ -115,20 +114,8 @@ def fit_run(run: Run, config: Any, warmup: int, steps: int) -> dict[str, Any]:
     return {"step_ms": ms, "patches_per_s": run.sizes.batch / (ms / 1e3), "peak_gib": peak,
             "loader_wait_ms_per_step": 1e3 * sum(waits) / max(1, len(waits)),
             "fit_logged_patches_per_s": by_step[warmup + steps][1], "setup": result.setup,
-            "resolved": resolved_setup(result.setup, config)}
-
-
-def resolved_setup(line: str, config: Any) -> Setup:
-    """What fit() ran, read from its one line about the step (FitResult.setup, the line of
-    ntire.training.step.StepPlan): "training step: HOW, PRECISION, LAYOUT[, extras] (why)", where
-    HOW is "captured as CUDA graphs" or "eager". Only the fields before the reason are read: the
-    reason may name other precisions."""
-    prefix = "training step: "
-    fields = line.removeprefix(prefix).split(", ")
-    if not line.startswith(prefix) or len(fields) < 3 or fields[0] not in ("eager", "captured as CUDA graphs"):
-        raise RuntimeError(f"fit()'s setup line is not as expected (ntire.training.step.StepPlan.line): {line!r}")
-    return Setup(bf16=fields[1].startswith("bf16"), channels_last=fields[2].startswith("channels_last"),
-                 captured=fields[0] != "eager", compiled=bool(config.compile))
+            "resolved": Setup(bf16=result.plan.precision == "bf16", channels_last=result.plan.channels_last,
+                              captured=result.plan.captured, compiled=bool(config.compile))}
 
 
 def section_training(run: Run, sec: Section) -> str | None:

@@ -40,10 +40,9 @@ from ntire.training.distributed import (
 )
 from ntire.training.export import export_model
 from ntire.training.inputs import (
+    default_batches,
     prepare_training_shards,
     shard_cache_dir,
-    training_batches,
-    training_urls,
     validation_root,
     validation_set,
 )
@@ -59,17 +58,16 @@ from ntire.training.state import (
     save_checkpoint,
 )
 from ntire.training.step import (
-    CapturedStep,
     StepPlan,
     TrainStep,
     all_finite,
     choose_setup,
-    configure_optimizer,
     conv_autotuning,
     eager_reason,
     learning_rate,
     make_optimizer,
     set_lr,
+    training_step,
 )
 from ntire.training.tracking import Tracker, provenance_tags, start_tracking
 from ntire.training.validate import Validation, run_validation
@@ -98,6 +96,8 @@ class FitResult:
     tracking_run_id: str | None
     setup: str = ""
     """The line the run printed about its step: captured or eager and why, precision, layout."""
+    plan: StepPlan | None = None
+    """How the run's updates were computed (what `setup` says)."""
     ema_model_dir: Path | None = None
     """The exported averaged weights (`optim.ema_decay` > 0), else None."""
     ema_validation: Validation | None = None
@@ -172,16 +172,13 @@ def fit(
             state = load_checkpoint(accelerator, resume)
             say(f"resuming from {resume.path} at step {state.step}")
         lr = learning_rate(config.optim, state.step)
-        configure_optimizer(optimizer, fused=plan.fused_adam, capturable=plan.captured, lr=lr,
-                            device=accelerator.device)
-        train_step = CapturedStep(model, optimizer, accelerator, config) if plan.captured else \
-            TrainStep(model, optimizer, accelerator, config)
+        train_step = training_step(model, optimizer, accelerator, config, plan, lr=lr)
 
         # -- Data: a dataset root is sharded once; each process streams its own part of the shards.
         if accelerator.is_local_main_process:  # once per machine; the others wait for it
             prepare_training_shards(config, say=say, progress=main and config.progress)
         accelerator.wait_for_everyone()
-        stream = (batches or _default_batches(accelerator.device))(config, state.batches)
+        stream = (batches or default_batches(pin_memory=accelerator.device.type == "cuda"))(config, state.batches)
         cleanup.callback(_close, stream)
         valid_images = validation_set(
             config, process_index=accelerator.process_index, num_processes=accelerator.num_processes
@@ -318,6 +315,7 @@ def fit(
             run_name=name,
             tracking_run_id=tracker.run_id,
             setup=plan.line,
+            plan=plan,
             ema_model_dir=ema_dir,
             ema_validation=ema_validation,
         )
@@ -552,14 +550,6 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "xpu":
         torch.xpu.synchronize(device)
-
-
-def _default_batches(device: torch.device) -> Callable[[TrainConfig, int], Iterator[Any]]:
-    def batches(config: TrainConfig, start: int) -> Iterator[Any]:
-        # Pinned host memory: the copy to a GPU then runs without blocking the loop.
-        return training_batches(config, training_urls(config), start=start, pin_memory=device.type == "cuda")
-
-    return batches
 
 
 def _close(batches: Any) -> None:

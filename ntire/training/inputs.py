@@ -124,6 +124,17 @@ def training_batches(config: TrainConfig, urls: list[str] | str, *, start: int,
     )
 
 
+def default_batches(*, pin_memory: bool) -> Callable[[TrainConfig, int], Iterator[Any]]:
+    """What `fit` streams by default: `batches(config, start)`, this process's batches over the
+    config's shards from micro-batch `start` on; in pinned memory for a GPU (copies that do not
+    block the training loop)."""
+
+    def batches(config: TrainConfig, start: int) -> Iterator[Any]:
+        return training_batches(config, training_urls(config), start=start, pin_memory=pin_memory)
+
+    return batches
+
+
 def validation_root(config: TrainConfig) -> str | None:
     """The dataset folder validated on: `data.valid_root`, else `data.source` when that is a
     dataset folder (not shards); None when there is none."""

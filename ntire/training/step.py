@@ -416,6 +416,15 @@ class CapturedStep(TrainStep):
             self.inner.zero_grad(set_to_none=True)
 
 
+def training_step(model: nn.Module, optimizer: Any, accelerator: Accelerator, config: TrainConfig, plan: StepPlan,
+                  *, lr: float) -> TrainStep:
+    """The step `plan` says, over a prepared model and optimizer (resumed already, if resuming):
+    the optimizer set up for it at learning rate `lr`, captured or eager."""
+    configure_optimizer(optimizer, fused=plan.fused_adam, capturable=plan.captured, lr=lr, device=accelerator.device)
+    kind = CapturedStep if plan.captured else TrainStep
+    return kind(model, optimizer, accelerator, config)
+
+
 def _side_stream(device: torch.device) -> contextlib.AbstractContextManager:
     """Warm-up on a side stream, as CUDA graph capture wants (lazy initialisations stay off the
     capture stream); the current stream waits for it before and after."""
@@ -456,4 +465,4 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
 
 __all__ = ["EAGER_BF16_MIN_TFLOP", "WARMUP_UPDATES", "CapturedStep", "StepPlan", "TrainStep", "WeightAverage",
            "all_finite", "choose_setup", "configure_optimizer", "conv_autotuning", "cuda_graph_capture", "eager_reason",
-           "learning_rate", "make_optimizer", "model_inputs", "set_lr", "training_tflop"]
+           "learning_rate", "make_optimizer", "model_inputs", "set_lr", "training_step", "training_tflop"]

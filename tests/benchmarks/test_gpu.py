@@ -300,27 +300,3 @@ def test_the_captured_plain_loop_is_skipped_on_the_cpu(monkeypatch):
     eager = plain_loop(run, "edsr-baseline", Setup(bf16=False, channels_last=False), OptimConfig(grad_clip=1.0), 1, 2,
                        compile_limit=1.0)
     assert eager["patches_per_s"] > 0 and torch.backends.cudnn.benchmark is False  # restored after the loop
-
-
-def test_the_default_row_reads_what_fit_ran_from_its_setup_line(monkeypatch):
-    # The default row's plain loop follows fit()'s choice, read from the line ntire's StepPlan
-    # writes: a change of that line's format must fail here, not mislabel a GPU run's rows.
-    monkeypatch.syspath_prepend(str(REPO))
-    import itertools
-    from types import SimpleNamespace
-
-    from benchmarks.gpu.plain import Setup
-    from benchmarks.gpu.training import resolved_setup
-    from ntire.training.step import StepPlan
-
-    config = SimpleNamespace(compile=False)
-    for device, precision, channels_last, captured in itertools.product(("cuda", "cpu"), ("no", "bf16"),
-                                                                        (False, True), (False, True)):
-        # The reason names other settings on purpose: only the fields before it count.
-        plan = StepPlan(device=device, precision=precision, channels_last=channels_last, captured=captured,
-                        why="auto: bf16 + channels_last, fastest with a captured step; eager fp32 NCHW",
-                        fused_adam=device == "cuda")
-        assert resolved_setup(plan.line, config) == Setup(bf16=precision == "bf16", channels_last=channels_last,
-                                                          captured=captured), plan.line
-    with pytest.raises(RuntimeError, match="setup line"):
-        resolved_setup("bf16, channels_last, captured", config)
