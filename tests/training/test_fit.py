@@ -296,3 +296,23 @@ def test_a_non_finite_loss_stops_the_run_before_anything_non_finite_is_written(d
                               mixed_precision="no"))
     assert resumed.step == 4 and (out / "model" / "model.safetensors").is_file()
     assert all(torch.isfinite(t).all() for t in load_file(out / "model" / "model.safetensors").values())
+
+
+def test_a_run_with_ema_validates_and_exports_both_weights(dataset, tmp_path, capsys):
+    from ntire.models.checkpoint import load_model, read_metadata
+    from ntire.training.fit import fit
+
+    out = tmp_path / "run"
+    result = fit(tiny_config(dataset, out, max_steps=4, save_every=4, eval_every=4, optim={"ema_decay": 0.5}))
+    printed = capsys.readouterr().out
+    assert "step 4: x2 valid PSNR" in printed and "step 4 (EMA): x2 valid PSNR" in printed
+    assert f"EMA weights (decay 0.5) exported to {out / 'model-ema'}" in printed
+    assert result.ema_model_dir == out / "model-ema" and result.ema_validation is not None
+    assert read_metadata(out / "model")["weights"] == "trained (no averaging)"
+    assert read_metadata(out / "model-ema")["weights"] == "ema (decay 0.5)"
+    raw, _ = load_model(out / "model")
+    ema, _ = load_model(out / "model-ema")
+    assert not torch.equal(raw.state_dict()["head.0.weight"], ema.state_dict()["head.0.weight"])
+    metrics = read_metrics(out)
+    assert metrics[4]["valid_ema/psnr_x2"] == pytest.approx(result.ema_validation.scales[2].psnr)
+    assert metrics[4]["valid/psnr_x2"] == pytest.approx(result.validation.scales[2].psnr)
