@@ -18,6 +18,7 @@ MINIMAL_ARGS = {
     "benchmark": ["--checkpoint", "missing-model", "--root", "."],
     "compare": ["--hr", "missing.png", "--checkpoint", "missing-model", "--scale", "2", "--out", "fig.png"],
     "submit": ["--manifest", "missing.yaml"],
+    "average": ["missing-run", "--last", "2"],
 }
 
 

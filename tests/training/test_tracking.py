@@ -83,7 +83,8 @@ def test_a_training_job_is_one_mlflow_run_with_params_metrics_and_artifacts(tmp_
     params = run.data.params
     assert params["model.n_feats"] == "8" and params["optim.lr"] == "0.0001" and params["max_steps"] == "4"
     assert params["data.source"].endswith("tiny") and params["model.scales"] == "2"
-    assert params["mixed_precision"] == "no" and params["log_every"] == "1"  # as resolved, not None
+    # As resolved (auto: what is fastest here), not "auto" or None.
+    assert params["mixed_precision"] == result.plan.precision and params["log_every"] == "1"
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
     wanted = {"train/lr", "train/patches_per_s", "valid/psnr_x2", "valid/ssim_x2", "valid/bicubic_psnr_x2"}
