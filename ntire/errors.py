@@ -23,6 +23,14 @@ class ConfigError(NtireError):
     """A configuration file or option with an unknown key or an invalid value."""
 
 
+class WriteError(NtireError):
+    """An output that cannot be written: a full disk, a read-only place, a path under a file."""
+
+
+class FolderBusyError(NtireError):
+    """A folder another live process is writing to (it holds the folder's lock, ntire.locks)."""
+
+
 def say_on_own_line(message: str) -> None:
     """Print `message` to stderr after closing any unfinished progress bar, which would otherwise
     leave the message glued to the end of its line."""
@@ -30,6 +38,33 @@ def say_on_own_line(message: str) -> None:
     for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
         bar.close()
     print(message, file=sys.stderr, flush=True)
+
+
+def write_error(error: BaseException, path: object, doing: str = "cannot write") -> WriteError:
+    """A WriteError for a failed write of `path`: one line naming the path (the file the OS names,
+    if it names one) and the OS's reason (`No space left on device`, `Read-only file system`,
+    `Not a directory`, ...). Writers that are not Python's own (safetensors, torch's zip writer)
+    report the OS error inside their message; its errno is read from there."""
+    where = getattr(error, "filename", None) or path
+    return WriteError(f"{where}: {doing} ({os_reason(error) or one_line(error)})")
+
+
+def os_reason(error: BaseException) -> str | None:
+    """The OS's reason for a failed file operation, if `error` is one: an OSError's strerror, or the
+    errno a writer's own exception quotes (`os error 28`, `code: 28`); None otherwise."""
+    import errno
+    import os
+    import re
+
+    if isinstance(error, OSError) and error.errno:
+        return error.strerror or os.strerror(error.errno)
+    m = re.search(r"(?:os error|code:)\s*(\d+)", str(error))
+    if m and int(m.group(1)) in errno.errorcode:
+        return os.strerror(int(m.group(1)))
+    for code in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EACCES, errno.ENOTDIR, errno.EEXIST):
+        if os.strerror(code) in str(error):
+            return os.strerror(code)
+    return None
 
 
 def one_line(error: BaseException, limit: int = 300, *, first_line: bool = False) -> str:
