@@ -45,8 +45,16 @@ def write_error(error: BaseException, path: object, doing: str = "cannot write")
     if it names one) and the OS's reason (`No space left on device`, `Read-only file system`,
     `Not a directory`, ...). Writers that are not Python's own (safetensors, torch's zip writer)
     report the OS error inside their message; its errno is read from there."""
-    where = getattr(error, "filename", None) or path
+    where = path if getattr(error, "filename", None) is None or _is_temp(error.filename) else error.filename
     return WriteError(f"{where}: {doing} ({os_reason(error) or one_line(error)})")
+
+
+def _is_temp(name: object) -> bool:
+    # ntire's temporary files (ntire.files.atomic_path) are no name a user knows: name the target.
+    import os
+
+    base = os.path.basename(str(name))
+    return base.startswith(".") and base.endswith(".tmp")
 
 
 def os_reason(error: BaseException) -> str | None:
@@ -64,6 +72,26 @@ def os_reason(error: BaseException) -> str | None:
     for code in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EACCES, errno.ENOTDIR, errno.EEXIST):
         if os.strerror(code) in str(error):
             return os.strerror(code)
+    return None
+
+
+_FILE_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOTDIR", "EEXIST", "EISDIR", "ENAMETOOLONG",
+                "EIO", "ENOENT", "EFBIG")
+
+
+def failed_file_operation(error: BaseException) -> WriteError | None:
+    """The one-line error for an exception that is a file operation the OS refused (an OSError
+    naming its file, or a writer's own error quoting the OS's errno); None for anything else,
+    which is a bug and keeps its traceback."""
+    import errno
+
+    codes = {getattr(errno, name) for name in _FILE_ERRNOS if hasattr(errno, name)}
+    if isinstance(error, OSError):
+        if error.errno in codes and error.filename is not None:
+            return write_error(error, error.filename, "cannot write" if error.errno != errno.ENOENT else "cannot open")
+        return None
+    if type(error).__name__ == "SafetensorError" and os_reason(error):
+        return WriteError(f"cannot write safetensors file ({os_reason(error)})")
     return None
 
 

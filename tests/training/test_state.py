@@ -130,7 +130,9 @@ def test_save_and_load_restore_weights_optimizer_schedule_and_rng(tmp_path, prep
     assert restored == dataclasses.replace(state, files=restored.files)
     assert restored.files["model.safetensors"] == (path / "model.safetensors").stat().st_size
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
-    assert scheduler.get_last_lr() == lr
+    # Accelerate's pickle of the scheduler (custom_checkpoint_0.pkl) is never read: the lr is a
+    # function of the step, and that file could run code.
+    assert (path / "custom_checkpoint_0.pkl").is_file() and scheduler.get_last_lr() != lr
     assert torch.equal(torch.rand(3), after_save)  # RNG restored to where the save left it
 
 
@@ -233,3 +235,119 @@ def test_pruning_leaves_another_runs_checkpoints_alone(tmp_path):
     fake_checkpoint(tmp_path, 20)
     prune_checkpoints(tmp_path, keep_last=1, lineage="")
     assert theirs.is_dir() and not mine.exists()
+
+
+class _PlantsMarker:
+    """Unpickling this creates the file `marker`: what a crafted checkpoint file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_no_checkpoint_file_can_run_code_on_resume(tmp_path, prepared):
+    import pickle
+    import shutil
+
+    accelerator, model, optimizer, scheduler = prepared
+    _train_step(model, optimizer, scheduler)
+    path = save_checkpoint(accelerator, tmp_path / "run", TrainState(step=1, batches=1))
+    pristine = tmp_path / "pristine"
+    shutil.copytree(path, pristine)
+    names = sorted(p.name for p in pristine.iterdir())
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "rng_state_0.json",
+            "custom_checkpoint_0.pkl", STATE_FILE} <= set(names)
+    marker = tmp_path / "marker"
+    for name in names:
+        for fmt in ("torch", "pickle"):
+            shutil.rmtree(path)
+            shutil.copytree(pristine, path)
+            if fmt == "torch":
+                torch.save(_PlantsMarker(marker), path / name)
+            else:
+                (path / name).write_bytes(pickle.dumps(_PlantsMarker(marker)))
+            try:
+                load_checkpoint(accelerator, read_checkpoint(path))
+            except CheckpointError as e:
+                assert "\n" not in str(e) and name in str(e)  # refused in one line naming the file
+            assert not marker.exists(), f"unpickling {name} ({fmt}) ran code"
+
+
+def test_a_checkpoint_without_json_rng_state_restores_accelerates_weights_only(tmp_path, prepared):
+    accelerator, model, optimizer, scheduler = prepared
+    path = save_checkpoint(accelerator, tmp_path, TrainState(step=1, batches=1))
+    after_save = torch.rand(3)
+    (path / "rng_state_0.json").unlink()  # as an earlier ntire saved it
+    load_checkpoint(accelerator, read_checkpoint(path))
+    assert torch.equal(torch.rand(3), after_save)
+
+
+def test_a_full_disk_mid_save_is_one_line_and_leaves_the_previous_checkpoint(tmp_path, prepared, monkeypatch):
+    from safetensors import SafetensorError
+
+    from ntire.errors import WriteError
+
+    accelerator, model, optimizer, scheduler = prepared
+    save_checkpoint(accelerator, tmp_path, TrainState(step=1, batches=1))
+    real_save_state = accelerator.save_state
+
+    def save_until_full(folder):
+        real_save_state(folder)  # a half-written folder, then the disk is full
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(accelerator, "save_state", save_until_full)
+    with pytest.raises(WriteError) as failed:
+        save_checkpoint(accelerator, tmp_path, TrainState(step=2, batches=2))
+    assert str(failed.value) == f"{checkpoint_root(tmp_path)}: cannot save a checkpoint (No space left on device)"
+    assert sorted(p.name for p in checkpoint_root(tmp_path).iterdir()) == ["step-00000001"]
+    assert find_resume(tmp_path, "auto").state.step == 1
+
+
+def test_a_kill_mid_prune_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    for step in (1, 2, 3):
+        fake_checkpoint(tmp_path, step)
+    real_rmtree = train_state.shutil.rmtree
+
+    def killed_mid_delete(path, ignore_errors=False):
+        if Path(path).name.startswith(".old-step-") and Path(path).exists():
+            (Path(path) / STATE_FILE).unlink()  # the first file gone, then the process dies
+            raise KeyboardInterrupt
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(train_state.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoints(tmp_path, keep_last=1, lineage="")
+    monkeypatch.setattr(train_state.shutil, "rmtree", real_rmtree)
+    assert not any(p.name.startswith("step-") and not (p / STATE_FILE).exists()
+                   for p in checkpoint_root(tmp_path).iterdir())
+    # An earlier ntire's half-deleted folder, and this one's debris, go at the next pruning.
+    (checkpoint_root(tmp_path) / "step-00000000").mkdir()
+    prune_checkpoints(tmp_path, keep_last=1, lineage="")
+    assert sorted(p.name for p in checkpoint_root(tmp_path).iterdir()) == ["step-00000003"]
+
+
+def shutil_usage(free: int):
+    import shutil
+
+    return shutil._ntuple_diskusage(total=10**9, used=10**9 - free, free=free)
+
+
+def test_a_full_disk_that_torch_reports_without_errno_is_still_one_line(tmp_path, prepared, monkeypatch):
+    from ntire.errors import WriteError
+
+    accelerator = prepared[0]
+
+    def full(folder):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(accelerator, "save_state", full)
+    monkeypatch.setattr(train_state.shutil, "disk_usage", lambda folder: shutil_usage(free=1000))
+    with pytest.raises(WriteError, match=r"cannot save a checkpoint \(No space left on device: 1000 bytes free\)"):
+        save_checkpoint(accelerator, tmp_path, TrainState(step=1, batches=1))
+    assert list(checkpoint_root(tmp_path).iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setattr(accelerator, "save_state", full)  # plenty of space: a bug, with its traceback
+    with pytest.raises(RuntimeError):
+        save_checkpoint(accelerator, tmp_path, TrainState(step=1, batches=1))
