@@ -28,6 +28,7 @@ from torch import nn
 from ntire.config import TrainConfig, config_to_yaml, flatten, run_name, to_dict
 from ntire.errors import CheckpointError, ConfigError
 from ntire.files import atomic_write_text
+from ntire.locks import hold_folder
 from ntire.models.build import count_parameters
 from ntire.training.distributed import (
     finish,
@@ -57,7 +58,7 @@ from ntire.training.state import (
     prune_checkpoints,
     save_checkpoint,
 )
-from ntire.training.tracking import Tracker, provenance_tags, start_tracking
+from ntire.training.tracking import Tracker, provenance_tags, start_tracking, trim_metrics_log
 from ntire.training.validate import Validation, run_validation
 
 if TYPE_CHECKING:
@@ -117,6 +118,8 @@ def fit(
         out = Path(config.output_dir)
         name = run_name(config)
         main = accelerator.is_main_process
+        if main:  # one run per folder: a second is refused, naming this one's pid and host
+            cleanup.enter_context(hold_folder(out, "ntire train"))
 
         # -- The run folder: resume from its newest intact checkpoint, or claim it afresh; every
         # check before anything is written there, so a refused run changes nothing.
@@ -127,9 +130,6 @@ def fit(
             say(f"no checkpoint in {out} yet; starting afresh")
         lineage = claim_run_folder(out, resume, archive=config.archive_old_run, main_process=main, say=say)
         accelerator.wait_for_everyone()
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / RUN_CONFIG_NAME, config_to_yaml(config))
 
         # -- Model, optimizer and schedule: the paper's L1 + Adam + step decay, in updates.
         from accelerate.utils import set_seed
@@ -156,6 +156,8 @@ def fit(
         if resume is not None:
             state = load_checkpoint(accelerator, resume)
             say(f"resuming from {resume.path} at step {state.step}")
+            if main:  # the steps after the checkpoint are logged again as they are redone
+                trim_metrics_log(out / "metrics.jsonl", state.step)
 
         # -- Data: a dataset root is sharded once; each process streams its own part of the shards.
         if accelerator.is_local_main_process:  # once per machine; the others wait for it
@@ -193,6 +195,9 @@ def fit(
             f"{accelerator.device}, precision {precision}, {per_update} patches of "
             f"{config.data.patch_size}px per update, updates {state.step} -> {config.max_steps}"
         )
+
+        if main:  # only a run that passed every check (model, resume, data) owns the folder's config
+            atomic_write_text(out / RUN_CONFIG_NAME, config_to_yaml(config))
 
         step, drawn = state.step, state.batches
         validation: Validation | None = None
