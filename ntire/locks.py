@@ -53,12 +53,17 @@ def hold_folder(folder: str | os.PathLike, what: str, *, wait: bool = False,
     """
     folder = Path(folder)
     created = not folder.exists()
+    lock_file = folder / LOCK_NAME
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        lock_file = folder / LOCK_NAME
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise write_error(e, folder, "cannot lock the folder") from None
+        if e.errno != errno.EROFS or not folder.is_dir():
+            raise write_error(e, folder, "cannot lock the folder") from None
+        fd = None  # a read-only folder has no writer to keep out
+    if fd is None:
+        yield lock_file
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
