@@ -103,7 +103,7 @@ def _check(args: argparse.Namespace) -> int:
     if not args.check.is_file():
         raise NtireError(f"{args.check}: no such zip file")
     expected, how = load_expected(args.check, args.lr, args.scale)
-    problems = check_zip(args.check, expected)
+    problems = check_zip(args.check, expected, args.scale)
     if problems:
         print(f"{args.check}: INVALID, {len(problems)} problem(s):", file=sys.stderr)
         for p in problems:

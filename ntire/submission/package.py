@@ -242,13 +242,14 @@ class Entry:
     """Returns the file's bytes."""
 
 
-def check_entries(entries: list[Entry], expected: Expected | None = None) -> list[str]:
+def check_entries(entries: list[Entry], expected: Expected | None = None, scale: int | None = None) -> list[str]:
     """Every problem with a submission's members, one message each (empty if it is valid).
 
     Checks: no folders and nothing below the top level; exactly one readme.txt with the four
     fields well formed; every other member an SR PNG; with `expected`, exactly one SR image per
     LR input (none missing, none extra) of exactly scale x the LR size; every PNG 8-bit RGB and
-    decodable. Without `expected` the scale is read from the names (`...x4.png`) and must agree.
+    decodable. Without `expected` every name must carry the scale (`...x4.png`), all the same one
+    and `scale` when given.
     """
     problems: list[str] = []
     files: dict[str, Entry] = {}
@@ -290,7 +291,7 @@ def check_entries(entries: list[Entry], expected: Expected | None = None) -> lis
         for name in sorted(set(images) - set(expected.lr_sizes)):
             problems.append(f"{name}: extra image; it matches no LR input")
     else:
-        scale = _scale_from_names(images, problems)
+        scale = _scale_from_names(images, problems, scale)
 
     for name, entry in images.items():
         want = None
@@ -303,15 +304,22 @@ def check_entries(entries: list[Entry], expected: Expected | None = None) -> lis
     return problems
 
 
-def _scale_from_names(images: dict[str, Entry], problems: list[str]) -> int | None:
+def _scale_from_names(images: dict[str, Entry], problems: list[str], asked: int | None) -> int | None:
     scales = {}
     for name in images:
         m = _SCALE_IN_NAME.search(name)
         scales[name] = int(m.group(1)) if m else None
+        if m is None:
+            problems.append(f"{name}: the name carries no scale; SR images are named like their LR input "
+                            f"(e.g. 0901x{asked or 4}.png)")
+        elif asked is not None and scales[name] != asked:
+            problems.append(f"{name}: named for x{scales[name]}, but the zip is checked as x{asked} (--scale)")
     found = {s for s in scales.values() if s is not None}
     if len(found) > 1:
         named = ", ".join(f"x{s}" for s in sorted(found))
         problems.append(f"images name different scales ({named}); one zip is one scale")
+    if asked is not None:
+        return asked
     return found.pop() if len(found) == 1 else None
 
 
@@ -374,13 +382,13 @@ def _reader(path: Path) -> Callable[[], bytes]:
     return path.read_bytes
 
 
-def check_zip(path: str | os.PathLike, expected: Expected | None = None) -> list[str]:
+def check_zip(path: str | os.PathLike, expected: Expected | None = None, scale: int | None = None) -> list[str]:
     """Every problem with a submission zip (see `check_entries`); an unreadable zip is one problem."""
     try:
         entries = zip_entries(path)
     except NtireError as e:
         return [str(e)]
-    return check_entries(entries, expected)
+    return check_entries(entries, expected, scale)
 
 
 def check_folder(folder: str | os.PathLike, expected: Expected | None = None) -> list[str]:
