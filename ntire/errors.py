@@ -45,7 +45,17 @@ def write_error(error: BaseException, path: object, doing: str = "cannot write")
     if it names one) and the OS's reason (`No space left on device`, `Read-only file system`,
     `Not a directory`, ...). Writers that are not Python's own (safetensors, torch's zip writer)
     report the OS error inside their message; its errno is read from there."""
+    import errno
+    from pathlib import Path
+
     where = path if getattr(error, "filename", None) is None or _is_temp(error.filename) else error.filename
+    if isinstance(error, OSError) and error.errno in (errno.EEXIST, errno.ENOTDIR):
+        # mkdir says "File exists" of a file in the way: say which file, and that it is one.
+        for p in (Path(str(path)), *Path(str(path)).parents):
+            if p.exists():
+                if not p.is_dir():
+                    return WriteError(f"{path}: {doing} (Not a directory: {p} is a file)")
+                break
     return WriteError(f"{where}: {doing} ({os_reason(error) or one_line(error)})")
 
 

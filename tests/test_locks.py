@@ -83,6 +83,6 @@ def test_a_folder_under_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     from ntire.errors import WriteError
 
-    with pytest.raises(WriteError, match=r"file/run: cannot lock the folder \(Not a directory\)"):
+    with pytest.raises(WriteError, match=r"file/run: cannot lock the folder \(Not a directory: .*/file is a file\)"):
         with hold_folder(tmp_path / "file" / "run", "job"):
             pass

@@ -16,7 +16,6 @@ replaced by a broken one.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -27,10 +26,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from ntire.errors import ConfigError, NtireError
+from ntire.errors import ConfigError, ImageError, NtireError
 from ntire.files import atomic_path, atomic_write_text
+from ntire.images import open_image
 from ntire.submission.manifest import ModelEntry
 from ntire.submission.predict import png_header, sr_name
 
@@ -204,7 +204,7 @@ def expected_from_lr_files(lr_files: Iterable[str | os.PathLike], scale: int) ->
     for path in lr_files:
         path = Path(path)
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 sizes[sr_name(path)] = im.size
         except (OSError, UnidentifiedImageError, SyntaxError) as e:
             raise NtireError(f"{path}: cannot read the LR image's size ({e})") from None
@@ -338,8 +338,10 @@ def _check_png(name: str, data: bytes, want: tuple[int, int, int, int] | None, s
             f"({scale} x the LR input's {want[2]}x{want[3]})"
         )
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data, name) as im:
             im.load()  # a truncated or corrupt file fails here, not at scoring time
+    except ImageError as e:
+        problems.append(str(e))
     except (OSError, UnidentifiedImageError, SyntaxError, zlib.error) as e:
         problems.append(f"{name}: cannot decode the PNG ({e})")
     return problems
