@@ -614,12 +614,12 @@ def build_config(
         data = merge(data, read_config_file(path))
     if model is not None:
         data["model"] = expand_model({"preset": model}, "--model")
-        where = f"{where} with command-line options"
     if overrides:
         override = dict(overrides)
         if "model" in override:
             override["model"] = expand_model(override["model"], "--set model")
         data = merge(data, override)
+    if model is not None or overrides:
         where = f"{where} with command-line options"
     return from_dict(TrainConfig, data, where)
 

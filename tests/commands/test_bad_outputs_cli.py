@@ -35,9 +35,9 @@ def test_every_image_command_refuses_a_bomb_in_one_line(checkpoints, tmp_path, c
     assert not (tmp_path / "out.png").exists() and not (tmp_path / "fig.png").exists()
 
 
-def _image(path: Path) -> Path:
+def _image(path: Path, size: int = 12) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((12, 12, 3), 128, np.uint8)).save(path)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
     return path
 
 
@@ -89,3 +89,20 @@ def dataset_args(tmp_path) -> list[str]:
     """Training options that would run (the folder is never reached: the output fails first)."""
     return ["--data", str(tmp_path / "no-data"), "--set", "model.n_blocks=1", "--set", "model.n_feats=8",
             "--max-steps", "1", "--no-tracking", "--no-progress"]
+
+
+@pytest.mark.parametrize("command", ["degrade", "compare"])
+def test_an_existing_output_file_is_kept_unless_forced(checkpoints, tmp_path, command, capsys):
+    hr = _image(tmp_path / "hr" / "0801.png", size=32)
+    out = tmp_path / "out.png"
+    out.write_bytes(b"an earlier result")
+    argv = {
+        "degrade": ["degrade", "--track", "bicubic", "--scale", "2", str(hr), str(out)],
+        "compare": ["compare", "--hr", str(hr), "--checkpoint", str(checkpoints["edsr"]), "--scale", "2",
+                    "--device", "cpu", "--box-size", "16", "--out", str(out)],
+    }[command]
+    assert main(argv) == 2
+    assert f"{out}: already exists; pass --force to overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier result"
+    assert main([*argv, "--force"]) == 0
+    assert Image.open(out).format == "PNG"
