@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -58,7 +57,13 @@ from ntire.training.state import (
     prune_checkpoints,
     save_checkpoint,
 )
-from ntire.training.tracking import Tracker, provenance_tags, start_tracking, trim_metrics_log
+from ntire.training.tracking import (
+    Tracker,
+    append_metrics_log,
+    provenance_tags,
+    start_tracking,
+    trim_metrics_log,
+)
 from ntire.training.validate import Validation, run_validation
 
 if TYPE_CHECKING:
@@ -482,8 +487,7 @@ def _close(batches: Any) -> None:
 def _append_jsonl(out: Path, main: bool, record: dict[str, Any]) -> None:
     # A plain record of the run beside the tracking store: one JSON object per line.
     if main:
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics_log(out / "metrics.jsonl", record)
 
 
 __all__ = ["RUN_CONFIG_NAME", "FitResult", "build_training_model", "fit", "log_interval", "native_bf16", "run_tags",

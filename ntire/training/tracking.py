@@ -448,6 +448,18 @@ def _last_logged_steps(client: Any, run_id: str) -> dict[str, int]:
         return {}
 
 
+def append_metrics_log(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Append `record` as one JSON line to a run's metrics.jsonl (beside the tracking store, a
+    plain record of the run); a failed write (a full disk) is one line naming the file."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        from ntire.errors import write_error
+
+        raise write_error(e, path) from None
+
+
 def trim_metrics_log(path: str | os.PathLike, step: int) -> None:
     """Drop the records after `step` from a run's metrics.jsonl (one JSON object per line, each
     with its `step`): a job resumed from the checkpoint at `step` redoes and logs them again."""

@@ -317,3 +317,30 @@ def test_resuming_trims_the_metrics_log_to_the_checkpoint(tmp_path):
     assert [json.loads(line) for line in log.read_text().splitlines()] == records[:4]
     tracking.trim_metrics_log(tmp_path / "none.jsonl", 4)  # no log yet: nothing to do
     assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_a_full_disk_while_logging_metrics_is_one_line_naming_the_log(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from ntire.errors import WriteError
+
+    class Full:
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            return False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a real write: no file name
+
+    log = tmp_path / "metrics.jsonl"
+    tracking.append_metrics_log(log, {"step": 1, "train/loss": 0.5})
+    monkeypatch.setattr(tracking, "open", Full, raising=False)
+    with pytest.raises(WriteError) as failed:
+        tracking.append_metrics_log(log, {"step": 2, "train/loss": 0.4})
+    assert str(failed.value) == f"{log}: cannot write (No space left on device)"
