@@ -252,8 +252,12 @@ def _restore(accelerator: Any, folder: Path) -> None:
     if kind in (DistributedType.FSDP, DistributedType.MEGATRON_LM):
         raise CheckpointError(f"{folder}: ntire resumes single-process, DDP and DeepSpeed runs, not {kind.value}")
     if kind == DistributedType.DEEPSPEED:
+        import torch
+
         for i, engine in enumerate(accelerator._models):
-            with weights_only_loads():  # DeepSpeed's own loader asks torch for full unpickling
+            # DeepSpeed's own loader asks torch for full unpickling: forced weights-only, with the
+            # three plain DeepSpeed types its ZeRO optimizer states hold (measured, ZeRO-1/2, bf16).
+            with weights_only_loads(), torch.serialization.safe_globals(_deepspeed_state_types()):
                 engine.load_checkpoint(str(folder), f"pytorch_model{suffix(i)}")
     else:
         for i, model in enumerate(accelerator._models):
@@ -340,6 +344,14 @@ def _restore_accelerate_rng(path: Path) -> None:
             torch.cuda.set_rng_state_all(states["torch_cuda_manual_seed"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: unreadable RNG state ({one_line(e)}); resume from another checkpoint") from None
+
+
+def _deepspeed_state_types() -> list[Any]:
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
 
 
 def _numpy_array_globals() -> list[Any]:

@@ -351,3 +351,58 @@ def test_a_full_disk_that_torch_reports_without_errno_is_still_one_line(tmp_path
     monkeypatch.setattr(accelerator, "save_state", full)  # plenty of space: a bug, with its traceback
     with pytest.raises(RuntimeError):
         save_checkpoint(accelerator, tmp_path, TrainState(step=1, batches=1))
+
+
+DEEPSPEED_RESUME = """
+import json, os, sys, types
+from pathlib import Path
+import torch, deepspeed
+from accelerate.utils import DistributedType
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+deepspeed.init_distributed(dist_backend="gloo")
+from ntire.training import state
+folder, marker = Path(sys.argv[1]), sys.argv[3]
+for stage in (1, 2):
+    model = torch.nn.Conv2d(3, 3, 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": stage}, "bf16": {"enabled": True}}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    x = torch.ones(1, 3, 8, 8, dtype=torch.bfloat16)
+    engine.backward(engine(x).float().mean()); engine.step()
+    path = folder / f"zero{stage}"
+    engine.save_checkpoint(str(path), "pytorch_model")  # what Accelerate's save_state does under DeepSpeed
+    (path / "rng_state_0.json").write_text(json.dumps(state.rng_state()))
+    saved = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    engine.backward(engine(x).float().mean()); engine.step()
+    accelerator = types.SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, _models=[engine],
+                                        _optimizers=[], _schedulers=[], scaler=None, process_index=0)
+    state._restore(accelerator, path)
+    assert all(torch.equal(saved[k], v) for k, v in engine.module.state_dict().items()), stage
+    torch.save(PlantsMarker(marker), path / "pytorch_model" / "mp_rank_00_model_states.pt")
+    try:
+        state._restore(accelerator, path)
+    except Exception as e:
+        print("refused:", type(e).__name__)
+print("resumed ZeRO-1 and ZeRO-2 weights-only")
+"""
+
+
+@pytest.mark.slow
+def test_a_deepspeed_checkpoint_resumes_weights_only(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    repo = Path(__file__).resolve().parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    marker = tmp_path / "marker"
+    script = ("class PlantsMarker:\n    def __init__(self, m): self.m = m\n"
+              "    def __reduce__(self): return (open, (self.m, 'w'))\n" + DEEPSPEED_RESUME)
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(port), str(marker)], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "resumed ZeRO-1 and ZeRO-2 weights-only" in run.stdout
+    assert run.stdout.count("refused:") == 2 and not marker.exists()
