@@ -106,3 +106,21 @@ def test_an_existing_output_file_is_kept_unless_forced(checkpoints, tmp_path, co
     assert out.read_bytes() == b"an earlier result"
     assert main([*argv, "--force"]) == 0
     assert Image.open(out).format == "PNG"
+
+
+def test_training_into_a_read_only_place_is_one_line(tmp_path, capsys, monkeypatch, dataset_args):
+    # Injected EROFS (root ignores chmod): the folder cannot be made, so nothing starts.
+    from pathlib import Path as RealPath
+
+    real_mkdir = RealPath.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if "read-only" in self.parts:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(RealPath, "mkdir", read_only)
+    out = tmp_path / "read-only" / "run"
+    assert main(["train", *dataset_args, "--output-dir", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ntire")]
+    assert err == [f"ntire train: error: {out}: cannot lock the folder (Read-only file system)"]
