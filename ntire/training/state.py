@@ -243,7 +243,9 @@ def load_checkpoint(accelerator: Any, checkpoint: Checkpoint) -> TrainState:
 
 def _restore(accelerator: Any, folder: Path) -> None:
     # What Accelerate's load_state does for a plain or DDP run, minus its unpickling: its model,
-    # optimizer, scheduler and scaler files, by its own names (accelerate.utils.constants).
+    # optimizer, scheduler and scaler files, by its own names (accelerate.utils.constants). Its
+    # sampler.bin / dl_state_dict.bin are never written: ntire prepares no DataLoader (the loader
+    # position is TrainState.batches), and registers no custom object.
     from accelerate.utils import DistributedType
     from safetensors.torch import load_model
 
