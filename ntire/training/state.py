@@ -245,7 +245,7 @@ def _restore(accelerator: Any, folder: Path) -> None:
     # What Accelerate's load_state does for a plain or DDP run, minus its unpickling: its model,
     # optimizer, scheduler and scaler files, by its own names (accelerate.utils.constants). Its
     # sampler.bin / dl_state_dict.bin are never written: ntire prepares no DataLoader (the loader
-    # position is TrainState.batches), and registers no custom object.
+    # position is TrainState.batches). custom_checkpoint_*.pkl is never read: the lr is a function of the step.
     from accelerate.utils import DistributedType
     from safetensors.torch import load_model
 
