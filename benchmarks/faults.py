@@ -13,16 +13,30 @@ times, and finally lets it finish. The result is then compared with the referenc
 - submit: every zip passes `ntire submit --check` and holds the reference's files;
 - everywhere: no temporary file is left behind (`.NAME.xxxx.tmp`, `.tmp-step-*`).
 
-It prints one line per job and then `N kills, M jobs, L lost/corrupt/stale` (L counts failed
-checks; the goal is 0). `--kills 13` gives the full run's 52 kills over the four jobs; a test runs
-it with `--kills 1`.
+Two more cases follow the kills:
+
+- concurrent runs: two copies of a job started at once into one fresh folder (training with a
+  fresh shard cache, shard writing, `ntire submit`), the second a random moment after the first.
+  The one that finds the folder locked must exit 2 with one line naming the holder; the folder
+  must end up holding the reference's result and no debris. Training also runs two jobs into
+  two folders sharing one fresh shard cache: the second waits for the first's shards.
+- a full disk: training and a folder upscale write into a small tmpfs (mounting one needs root;
+  the case is skipped, saying so, otherwise) that fills up mid-run. The job must exit 2 with one
+  line saying the disk is full, leave no temporary file and only intact checkpoints/PNGs; moved to
+  a roomy disk, the rerun (training: `--resume auto`) must equal the reference.
+
+It prints one line per job and case and then `N kills, M jobs, L lost/corrupt/stale, ...` (L counts
+failed checks; the goal is 0). `--kills 13` gives the full run's 52 kills over the four jobs; a test
+runs it with `--kills 1`.
 
     python benchmarks/faults.py [--kills 13] [--seed 0] [--work DIR] [--jobs train shard upscale submit]
+                                [--concurrent 2] [--no-disk-full]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -32,7 +46,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,11 +68,21 @@ class Job:
     """Kills that landed after the job had written something in that run (not during start-up)."""
     runs: int = 0
     problems: list[str] = field(default_factory=list)
+    cached_command: Callable[[Path, Path], list[str]] | None = None
+    """Training only: the command with its shard cache in the second folder given."""
+    pairs: int = 0
+    """Concurrent pairs started."""
+    refused: int = 0
+    """Runs refused in one line because the other of their pair held the folder."""
+    full: int = 0
+    """Runs that met a full disk."""
+
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def run(argv: list[str], *, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
 
 
 def ntire(*args: str) -> list[str]:
@@ -96,8 +120,7 @@ def soak(job: Job, work: Path, kills: int, rng: random.Random, startup: float) -
     while job.kills < kills:
         delay = rng.uniform(startup, max(duration, startup * 1.5))
         proc = subprocess.Popen(job.command(result), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-                                               "MKL_NUM_THREADS": "1"})
+                                cwd=REPO, env=ENV)
         job.runs += 1
         began = time.time()
         try:
@@ -123,6 +146,110 @@ def soak(job: Job, work: Path, kills: int, rng: random.Random, startup: float) -
     job.problems += [f"leftover {p}" for p in leftovers(result)]
 
 
+def ntire_lines(stderr: str) -> list[str]:
+    """The lines a command printed as itself (`ntire ...: error: ...`), and any traceback's."""
+    return [line for line in stderr.splitlines() if line.startswith(("ntire", "Traceback"))]
+
+
+def concurrent(job: Job, work: Path, rounds: int, rng: random.Random, startup: float) -> None:
+    """Two copies of `job` at once into one fresh folder, `rounds` times: whatever the timing, the
+    one that finds the folder held exits 2 in one line naming the holder, and the folder ends up
+    holding the reference's result. Training also runs two jobs into two folders sharing one
+    fresh shard cache, which both must finish (the second waits for the first's shards)."""
+    reference = work / f"{job.name}-reference"
+    setups = [(f"{job.name}-concurrent-{r}", None) for r in range(rounds)]
+    if job.cached_command is not None:
+        setups.append((f"{job.name}-shared-cache", work / f"{job.name}-shared-cache" / "cache"))
+    for name, cache in setups:
+        base = work / name
+        outs = [base / "a", base / "b"] if cache is not None else [base, base]
+        base.mkdir(parents=True, exist_ok=True)
+        procs = []
+        for i, out in enumerate(outs):
+            command = job.command(out) if cache is None else job.cached_command(out, cache)
+            log = open(base / f"stderr-{i}.txt", "w")  # a file, not a pipe that could fill up
+            procs.append((subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO, env=ENV), log))
+            if i == 0:
+                time.sleep(rng.uniform(0, startup * 1.5))  # the second starts as the first starts or runs
+        job.pairs += 1
+        codes = []
+        for i, (proc, log) in enumerate(procs):
+            codes.append(proc.wait(timeout=900))
+            log.close()
+            lines = ntire_lines((base / f"stderr-{i}.txt").read_text())
+            if codes[-1] == 2 and cache is None and len(lines) == 1 and "in use by" in lines[0] and "pid" in lines[0]:
+                job.refused += 1
+            elif codes[-1] != 0:
+                job.problems.append(f"{name}: run {i} exited {codes[-1]}: {lines[-1:]}")
+        if 0 not in codes:
+            job.problems.append(f"{name}: neither run finished")
+        for out in dict.fromkeys(outs):
+            job.problems += [f"{name}: {p}" for p in job.compare(reference, out) + leftovers(out)]
+
+
+@contextlib.contextmanager
+def small_filesystem(folder: Path, size: int) -> Iterator[bool]:
+    """A tmpfs of `size` bytes mounted at `folder` (yields False, mounting nothing, where that is
+    not allowed: it needs root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    size = max(64 * 1024, -(-size // 4096) * 4096)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0 if shutil.which("mount") else False
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def footprint(folder: Path, skip: str = "shards") -> int:
+    """Bytes of the files under `folder`, except under its `skip` sub-folder (a shard cache)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and skip not in p.relative_to(folder).parts)
+
+
+def disk_full(job: Job, work: Path) -> bool:
+    """`job` (train or upscale) into a tmpfs half the size of its reference result: it must stop
+    in one line saying the disk is full and leave only intact files; moved to a roomy disk, its
+    rerun must equal the reference. False when no tmpfs could be mounted (nothing checked)."""
+    from ntire.training.state import checkpoint_problem, list_checkpoints
+
+    reference = work / f"{job.name}-reference"
+    mount = work / f"{job.name}-small-disk"
+    cache = work / f"{job.name}-full-cache"  # training's shard cache stays on the roomy disk
+    with small_filesystem(mount, footprint(reference) // 2) as mounted:
+        if not mounted:
+            return False
+        out = mount / "out"
+        command = job.cached_command(out, cache) if job.cached_command else job.command(out)
+        done = run(command)
+        job.full += 1
+        lines = ntire_lines(done.stderr)
+        if done.returncode != 2 or len(lines) != 1 or "No space left on device" not in lines[0]:
+            job.problems.append(f"full disk: exit {done.returncode}, said {lines[-2:]}")
+        job.problems += [f"full disk: leftover {p}" for p in leftovers(out)] if out.exists() else []
+        if job.name == "train" and out.exists():
+            for c in list_checkpoints(out):
+                problem = checkpoint_problem(c)
+                if problem:
+                    job.problems.append(f"full disk: damaged checkpoint left: {problem}")
+        moved = work / f"{job.name}-after-full"
+        if out.exists():
+            shutil.copytree(out, moved)
+        else:
+            moved.mkdir()
+    if job.name == "upscale":
+        job.problems += [f"full disk: {p}" for p in job.compare(reference, moved) if not p.startswith("missing")]
+        command = job.command(moved) + ["--force"]
+    else:
+        command = job.cached_command(moved, cache)
+    again = run(command)
+    if again.returncode != 0:
+        job.problems.append(f"after the full disk: rerun exited {again.returncode}: {ntire_lines(again.stderr)[-1:]}")
+    else:
+        job.problems += [f"after the full disk: {p}" for p in job.compare(reference, moved) + leftovers(moved)]
+    return True
+
+
 def build_jobs(work: Path) -> list[Job]:
     data = work / "data"
     made = run(ntire("data", "sample", "--out", str(data)))
@@ -135,11 +262,12 @@ def build_jobs(work: Path) -> list[Job]:
     if trained.returncode != 0:
         raise SystemExit(f"cannot train the soak's model: {trained.stderr}")
 
-    def train(out: Path) -> list[str]:
+    def train(out: Path, cache: Path | None = None) -> list[str]:
+        shards = ["--set", f"data.shard_dir={cache}"] if cache is not None else []
         return ntire("train", "--data", str(data), "--output-dir", str(out), "--max-steps", "24",
                      "--save-every", "3", "--eval-every", "12", "--batch-size", "4", "--patch-size", "16",
                      "--num-workers", "0", "--set", "log_every=1", "--seed", "3", "--no-tracking",
-                     "--no-progress", "--resume", "auto", "--keep-last", "2", *TINY)
+                     "--no-progress", "--resume", "auto", "--keep-last", "2", *shards, *TINY)
 
     def compare_train(reference: Path, result: Path) -> list[str]:
         from safetensors.torch import load_file
@@ -155,8 +283,10 @@ def build_jobs(work: Path) -> list[Job]:
                      "--subimage", "96", "--step", "48", "--shard-size", "200KiB", "--quiet")
 
     def upscale(out: Path) -> list[str]:
+        # --force: a rerun after a kill finds the outputs the killed run finished (all complete:
+        # each is renamed into place whole) and writes them again.
         return ntire("upscale", "--checkpoint", str(model_dir / "model"), "--scale", "2", "--device", "cpu",
-                     str(data / "DIV2K" / "DIV2K_train_LR_bicubic" / "X2"), str(out))
+                     "--force", str(data / "DIV2K" / "DIV2K_train_LR_bicubic" / "X2"), str(out))
 
     def compare_pngs(reference: Path, result: Path) -> list[str]:
         import numpy as np
@@ -213,7 +343,7 @@ def build_jobs(work: Path) -> list[Job]:
         "      description: the soak's tiny model\n"
     )
     return [
-        Job("train", train, compare_train),
+        Job("train", train, compare_train, cached_command=train),
         Job("shard", shard, lambda a, b: same_files(a, b, "*.tar") + same_files(a, b, "manifest.json")),
         Job("upscale", upscale, compare_pngs),
         Job("submit", submit, compare_zips),
@@ -227,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--jobs", nargs="+", default=["train", "shard", "upscale", "submit"],
                         choices=["train", "shard", "upscale", "submit"])
+    parser.add_argument("--concurrent", type=int, default=2, metavar="N",
+                        help="concurrent pairs per lockable job (train, shard, submit; default 2; 0: none)")
+    parser.add_argument("--no-disk-full", dest="disk_full", action="store_false",
+                        help="skip the full-disk case (train and upscale into a small tmpfs)")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     work = args.work or Path(tempfile.mkdtemp(prefix="ntire-faults-"))
@@ -244,9 +378,29 @@ def main(argv: list[str] | None = None) -> int:
         status = "ok" if not job.problems else "; ".join(job.problems[:5])
         print(f"  {job.name:8s} {job.kills:3d} kills ({job.mid_write} after it had written), {job.runs:3d} runs, "
               f"{time.perf_counter() - t:6.1f} s: {status}", flush=True)
+    for job in jobs:
+        if args.concurrent and job.name != "upscale":  # upscale takes no lock: outputs are per file
+            t, before = time.perf_counter(), len(job.problems)
+            concurrent(job, work, args.concurrent, rng, startup)
+            status = "ok" if len(job.problems) == before else "; ".join(job.problems[before:][:5])
+            print(f"  {job.name:8s} {job.pairs:3d} concurrent pairs, {job.refused} refused in one line, "
+                  f"{time.perf_counter() - t:6.1f} s: {status}", flush=True)
+    skipped = []
+    for job in jobs:
+        if args.disk_full and job.name in ("train", "upscale"):
+            t, before = time.perf_counter(), len(job.problems)
+            if not disk_full(job, work):
+                skipped.append(job.name)
+                continue
+            status = "ok" if len(job.problems) == before else "; ".join(job.problems[before:][:5])
+            print(f"  {job.name:8s} full disk, {time.perf_counter() - t:6.1f} s: {status}", flush=True)
+    if skipped:
+        print(f"  full-disk case skipped for {', '.join(skipped)}: no tmpfs could be mounted (needs root)")
     kills = sum(j.kills for j in jobs)
     lost = sum(len(j.problems) for j in jobs)
-    print(f"{kills} kills, {len(jobs)} jobs, {lost} lost/corrupt/stale ({time.perf_counter() - started:.0f} s)")
+    pairs, refused, full = (sum(j.pairs for j in jobs), sum(j.refused for j in jobs), sum(j.full for j in jobs))
+    print(f"{kills} kills, {len(jobs)} jobs, {lost} lost/corrupt/stale, {pairs} concurrent pairs ({refused} "
+          f"refused in one line), {full} full-disk runs ({time.perf_counter() - started:.0f} s)")
     return 0 if lost == 0 else 1
 
 

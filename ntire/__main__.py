@@ -21,7 +21,7 @@ from ntire.commands import (
     tune,
     upscale,
 )
-from ntire.errors import NtireError, say_on_own_line
+from ntire.errors import NtireError, failed_file_operation, say_on_own_line
 
 # name -> module with HELP, add_arguments(parser), run(args). Keep in the order a user meets them.
 COMMANDS: dict = {
@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say_on_own_line(f"ntire {args.command}: interrupted")
         return 130
+    except Exception as e:
+        error = failed_file_operation(e)  # a full disk, a read-only folder, a path under a file
+        if error is None:
+            raise
+        say_on_own_line(f"ntire {args.command}: error: {error}")
+        return 2
 
 
 if __name__ == "__main__":

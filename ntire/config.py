@@ -319,6 +319,11 @@ class TrainConfig:
     model): move that run to `<output_dir>/archive/<date-time>/` first. Default: refuse, so that
     no run is silently replaced (continue one with `resume: auto`)."""
 
+    resume_inexact: bool = False
+    """Allow a resume whose loader geometry (processes, loader workers, batch and patch sizes,
+    patches per sample, shuffle buffer, seed, augmentation) differs from the checkpoint's: the
+    batches then differ from an uninterrupted run's. Default: refuse, naming what changed."""
+
     init_from: str | None = field(default=None, metadata=flag(metavar="CKPT"))
     """Initialise the weights from a trained model (exported folder or released file), e.g. a
     x3/x4 model from the x2 one; tensors that do not fit (the upsampler) are skipped and reported."""
@@ -638,12 +643,12 @@ def build_config(
         data = merge(data, read_config_file(path))
     if model is not None:
         data["model"] = expand_model({"preset": model}, "--model")
-        where = f"{where} with command-line options"
     if overrides:
         override = dict(overrides)
         if "model" in override:
             override["model"] = expand_model(override["model"], "--set model")
         data = merge(data, override)
+    if model is not None or overrides:
         where = f"{where} with command-line options"
     return from_dict(TrainConfig, data, where)
 

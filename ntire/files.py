@@ -57,9 +57,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Writing beside the target (same folder, same filesystem) is what makes `os.replace` atomic.
     On error the temporary file is removed and `path` is left as it was.
     """
+    from ntire.errors import os_reason, write_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as e:  # a read-only place, a parent that is a file, a full disk
+        raise write_error(e, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -70,6 +75,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except Exception as e:
+        if os_reason(e) is None:
+            raise
+        # The OS refused a write (full disk, quota, I/O error): one line naming the target.
+        raise write_error(e, path) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

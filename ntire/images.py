@@ -8,9 +8,10 @@ per channel, grey or colour alike, since any conversion would be a guess at a to
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +25,69 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
+MAX_PIXELS_ENV = "NTIRE_MAX_PIXELS"
+"""Environment variable: the most pixels (width x height) an image may have to be decoded, e.g.
+`NTIRE_MAX_PIXELS=500M`; default DEFAULT_MAX_PIXELS."""
+
+DEFAULT_MAX_PIXELS = 2**28
+"""268 MP (16384 x 16384): far above any DIV2K or benchmark image (at most 2K x 2K, x4 SR outputs
+included), and 0.8 GB as 8-bit RGB; a header claiming more is refused before any decoding."""
+
+
+def max_pixels() -> int:
+    """The pixel limit in force: $NTIRE_MAX_PIXELS (digits, optionally with a k, M or G suffix),
+    else DEFAULT_MAX_PIXELS. ConfigError naming the variable if it is not a positive count."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    factor = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1].lower(), 1)
+    digits = text[:-1] if factor != 1 else text
+    try:
+        value = int(float(digits) * factor)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        from ntire.errors import ConfigError
+
+        raise ConfigError(f"{MAX_PIXELS_ENV}={text!r}: not a pixel count (e.g. 300000000 or 300M)")
+    return value
+
+
+@contextlib.contextmanager
+def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Iterator[Image.Image]:
+    """Pillow's `Image.open` of a file or of encoded bytes, refused (ImageError naming `name` and
+    the size) when the header claims more pixels than `max_pixels()`: checked before any pixel is
+    decoded. This replaces Pillow's own check (a raw warning over 89 MP, a traceback over 179 MP)."""
+    name = name or str(source if not isinstance(source, bytes) else "<bytes>")
+    limit = max_pixels()
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # ours is the limit; a process-wide setting, restored below
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            width, height = im.size
+            if width * height > limit:
+                raise ImageError(
+                    f"{name}: {width}x{height} pixels ({width * height / 1e6:.0f} MP), over the limit of "
+                    f"{limit / 1e6:.0f} MP; if the image is genuine, raise it with {MAX_PIXELS_ENV}"
+                )
+            yield im
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
+
+
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes to an (H, W, 3) uint8 array; `name` labels errors."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data, name) as im:
             deep = _sixteen_bit_rawmode(im)  # only visible before load(): Pillow then drops bits
             im.load()
             if deep:
                 raise ImageError(_too_deep(name, f"{deep} (16 bits per channel)"))
             return _to_rgb_array(im, name)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except UnidentifiedImageError:
+        # Pillow's message names its BytesIO object, not the file.
+        raise ImageError(f"{name}: cannot decode image (not an image format Pillow reads)") from None
+    except (OSError, SyntaxError) as e:
         raise ImageError(f"{name}: cannot decode image ({e})") from None
 
 

@@ -161,6 +161,22 @@ def add_tile_argument(
 DEVICE_HELP = "torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
 
 
+def add_force_argument(parser: argparse.ArgumentParser) -> None:
+    """`--force`: the one rule of every command that writes files the user names (upscale,
+    degrade, compare, evaluate --json, export, convert): an existing one is kept unless asked."""
+    parser.add_argument("--force", action="store_true", help="overwrite output files that already exist")
+
+
+def refuse_existing(paths: Any, force: bool) -> None:
+    """ConfigError naming the first of `paths` that exists (and how many more do), unless `force`."""
+    from pathlib import Path
+
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more output(s))" if len(existing) > 1 else ""
+        raise ConfigError(f"{existing[0]}: already exists{more}; pass --force to overwrite")
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     """`--device NAME`, resolved at run time by `resolve_device`."""
     parser.add_argument("--device", default=None, metavar="NAME", help=DEVICE_HELP)

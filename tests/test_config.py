@@ -166,3 +166,9 @@ def test_train_script_runs_as_a_file_and_prints_its_config():
     )
     assert out.returncode == 0, out.stderr
     assert "max_steps: 7" in out.stdout and "n_feats: 64" in out.stdout
+
+
+def test_an_unknown_key_with_a_preset_and_overrides_names_the_options_once():
+    with pytest.raises(ConfigError) as e:
+        build_config("demo", {"optim": {"lrr": 1}}, model="edsr-baseline")
+    assert str(e.value).count("with command-line options") == 1 and "lrr" in str(e.value)

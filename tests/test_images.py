@@ -75,3 +75,51 @@ def test_garbage_and_missing_files_name_the_file(tmp_path):
         read_image(tmp_path / "bad.png")
     with pytest.raises(ImageError, match="nope.png"):
         read_image(tmp_path / "nope.png")
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height RGB pixels, with almost no data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(
+        b"IEND", b"")
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    import warnings
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png(100_000, 100_000))
+    with pytest.raises(ImageError) as refused:
+        read_image(bomb)
+    assert str(refused.value).startswith(f"{bomb}: 100000x100000 pixels (10000 MP), over the limit of 268 MP")
+    assert "NTIRE_MAX_PIXELS" in str(refused.value)
+    # Under the limit but over Pillow's 89 MP: no raw warning, just the truncated data named.
+    big = tmp_path / "big.png"
+    big.write_bytes(bomb_png(10_000, 10_000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageError, match=f"{big}: cannot decode image"):
+            read_image(big)
+    monkeypatch.setenv("NTIRE_MAX_PIXELS", "50M")
+    with pytest.raises(ImageError, match="10000x10000 pixels .* over the limit of 50 MP"):
+        read_image(big)
+    monkeypatch.setenv("NTIRE_MAX_PIXELS", "lots")
+    from ntire.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="NTIRE_MAX_PIXELS='lots'"):
+        read_image(big)
+
+
+def test_undecodable_bytes_name_the_file_not_a_buffer(tmp_path):
+    from ntire.images import decode_image
+
+    with pytest.raises(ImageError) as refused:
+        decode_image(b"not an image at all", "shard-000001.tar:0801.png")
+    assert "BytesIO" not in str(refused.value) and str(refused.value).startswith("shard-000001.tar:0801.png: ")
+

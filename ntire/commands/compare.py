@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ntire.options import add_device_argument, positive_int
+from ntire.options import add_device_argument, add_force_argument, positive_int
 
 HELP = "draw a paper-style comparison figure: HR with a box, labelled crops of bicubic and each model"
 
@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=positive_int, default=4, metavar="N",
                         help="most images (tiles or ensemble variants) per forward pass (default 4)")
     add_device_argument(parser)
+    add_force_argument(parser)
     parser.add_argument("--out", required=True, type=Path, metavar="PNG", help="the figure's .png path")
 
 
@@ -52,12 +53,13 @@ def run(args: argparse.Namespace) -> int:
     from ntire.images import read_image, write_png
     from ntire.metrics import score
     from ntire.models.checkpoint import load_model
-    from ntire.options import resolve_device
+    from ntire.options import refuse_existing, resolve_device
 
     device = resolve_device(args.device)
     box = Box.parse(args.box) if args.box is not None else None
     if args.out.suffix.lower() != ".png":
         raise ConfigError(f"--out {args.out}: the figure is written as PNG; give a .png path")
+    refuse_existing([args.out], args.force)
     scale = args.scale
 
     hr = read_image(args.hr)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ntire.options import positive_int
+from ntire.options import add_force_argument, positive_int
 
 HELP = "make LR images from HR: MATLAB bicubic (track 1) or the unknown-track stand-in (track 2)"
 
@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scale", required=True, type=positive_int, metavar="S", help="downscaling factor, e.g. 2, 3 or 4"
     )
+    add_force_argument(parser)
     parser.add_argument("src", type=Path, metavar="SRC", help="HR image file or folder of images")
     parser.add_argument("dst", type=Path, metavar="DST", help="output .png file or folder")
 
@@ -39,14 +40,19 @@ def run(args: argparse.Namespace) -> int:
     from ntire.data.degrade import UNKNOWN_BLUR, degrade
     from ntire.errors import ConfigError, NtireError
     from ntire.images import plan_outputs, read_image, write_png
+    from ntire.options import refuse_existing
 
     if args.track == "unknown" and args.scale not in UNKNOWN_BLUR:
         known = ", ".join(str(s) for s in sorted(UNKNOWN_BLUR))
         raise ConfigError(f"--scale {args.scale}: the unknown-track stand-in is defined for scales {known}")
     jobs = plan_outputs(args.src, args.dst, lambda f: f"{f.stem}x{args.scale}.png")
-    # disable=None: a bar on a terminal only, and none for a single file.
+    refuse_existing([dst for _, dst in jobs], args.force)
+    import sys
+
+    # A folder shows progress on a terminal and in a log alike (there, a line every 30 s and at the end).
     desc = f"degrade {args.track} x{args.scale}"
-    progress = tqdm(jobs, unit="image", desc=desc, disable=None if len(jobs) > 1 else True)
+    progress = tqdm(jobs, unit="image", desc=desc, disable=len(jobs) < 2,
+                    mininterval=1.0 if sys.stderr.isatty() else 30.0)
     for src, dst in progress:
         hr = read_image(src)
         try:

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 
-from ntire.options import positive_int
+from ntire.options import add_force_argument, positive_int
 
 HELP = "score SR images against HR images (PSNR/SSIM, benchmark or DIV2K protocol)"
 
@@ -30,8 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "div2k: RGB, shave S+6 pixels (DIV2K validation)",
     )
     parser.add_argument(
-        "--json", metavar="FILE", help="also write per-image and mean scores to FILE as JSON"
+        "--json", metavar="FILE",
+        help="also write per-image and mean scores to FILE as JSON (an infinite PSNR, of an image equal to its "
+        "HR, as null: strict JSON has no infinity)"
     )
+    add_force_argument(parser)
     parser.add_argument(
         "--ignore-unmatched",
         action="store_true",
@@ -54,6 +57,16 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _finite_or_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def _db(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.2f}"
 
@@ -61,6 +74,10 @@ def _db(value: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from ntire.files import atomic_write_text
     from ntire.metrics import evaluate_folders
+    from ntire.options import refuse_existing
+
+    if args.json:
+        refuse_existing([args.json], args.force)
 
     result = evaluate_folders(
         args.sr, args.hr, scale=args.scale, protocol=args.protocol, progress=True,
@@ -73,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ntire evaluate: warning: {len(unmatched)} SR image(s) without an HR partner not scored: {shown}",
               file=sys.stderr)
     if args.json:
-        # A perfect reconstruction scores PSNR inf, written as `Infinity` (Python's json reads
-        # it back; strict parsers do not), rather than silently replaced by a made-up cap.
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        # A perfect reconstruction scores PSNR inf: null in the file (strict JSON has no
+        # Infinity), rather than silently replaced by a made-up cap.
+        atomic_write_text(args.json, json.dumps(_finite_or_null(result), indent=2, allow_nan=False) + "\n")
     return 0

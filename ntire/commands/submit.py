@@ -103,7 +103,7 @@ def _check(args: argparse.Namespace) -> int:
     if not args.check.is_file():
         raise NtireError(f"{args.check}: no such zip file")
     expected, how = load_expected(args.check, args.lr, args.scale)
-    problems = check_zip(args.check, expected)
+    problems = check_zip(args.check, expected, args.scale)
     if problems:
         print(f"{args.check}: INVALID, {len(problems)} problem(s):", file=sys.stderr)
         for p in problems:
@@ -123,6 +123,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from ntire.locks import hold_folder
     from ntire.options import resolve_device
     from ntire.submission.build import RunOptions, build_track
     from ntire.submission.manifest import default_manifest, find_checkpoint, load_manifest, resolve_data_root
@@ -152,25 +153,27 @@ def _build(args: argparse.Namespace) -> int:
         tile="manifest" if args.tile is None else args.tile,
         batch_size=args.max_batch,
     )
-    for track in tracks:
-        results = build_track(manifest, track, scales=args.scales, split=split, data_root=data_root, options=options)
-        print(f"\n{manifest.name}: {track} track, {split} split, data {data_root}, device {device}")
-        print(format_results(results))
-        report = out / f"{track}-report"
-        write_report(results, report)
-        if args.mlflow:
-            params = {"manifest": str(manifest_path), "track": track, "split": split, "data": str(data_root),
-                      "device": device}
-            params.update({f"x{r.scale}_checkpoint": str(r.checkpoint) for r in results})
-            params.update({f"x{r.scale}_self_ensemble": r.self_ensemble for r in results})
-            log_results(
-                results,
-                run_name=f"submit-{manifest.name}-{track}-{split}",
-                params=params,
-                report_dir=report,
-                uri=args.tracking_uri,
-                say=lambda m: print(f"ntire submit: {m}", file=sys.stderr),
-            )
-        else:
-            print("MLflow logging off (--no-mlflow)")
+    with hold_folder(out, "ntire submit"):  # one writer per submission folder; a second is refused
+        for track in tracks:
+            results = build_track(manifest, track, scales=args.scales, split=split, data_root=data_root,
+                                  options=options)
+            print(f"\n{manifest.name}: {track} track, {split} split, data {data_root}, device {device}")
+            print(format_results(results))
+            report = out / f"{track}-report"
+            write_report(results, report)
+            if args.mlflow:
+                params = {"manifest": str(manifest_path), "track": track, "split": split, "data": str(data_root),
+                          "device": device}
+                params.update({f"x{r.scale}_checkpoint": str(r.checkpoint) for r in results})
+                params.update({f"x{r.scale}_self_ensemble": r.self_ensemble for r in results})
+                log_results(
+                    results,
+                    run_name=f"submit-{manifest.name}-{track}-{split}",
+                    params=params,
+                    report_dir=report,
+                    uri=args.tracking_uri,
+                    say=lambda m: print(f"ntire submit: {m}", file=sys.stderr),
+                )
+            else:
+                print("MLflow logging off (--no-mlflow)")
     return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ntire.options import add_device_argument, add_tile_argument, positive_int
+from ntire.options import add_device_argument, add_force_argument, add_tile_argument, positive_int
 
 HELP = "super-resolve an image or a folder of images with a trained or released checkpoint"
 
@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="most images (tiles or ensemble variants) per forward pass (default 4)",
     )
     add_device_argument(parser)
+    add_force_argument(parser)
     parser.add_argument("src", type=Path, metavar="SRC", help="LR image file or folder of images")
     parser.add_argument("dst", type=Path, metavar="DST", help="output .png file or folder")
 
@@ -56,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
     from ntire.images import plan_outputs, read_image, write_png
     from ntire.inference import MemoryBudgetError, upscale_image
     from ntire.models.checkpoint import load_model
-    from ntire.options import resolve_device
+    from ntire.options import refuse_existing, resolve_device
 
     device = resolve_device(args.device)
     jobs = plan_outputs(args.src, args.dst, lambda f: f"{f.stem}.png")
+    refuse_existing([dst for _, dst in jobs], args.force)
     for folder in {dst.parent for _, dst in jobs}:  # debris of a killed earlier run
         remove_stale_temp_files(folder, [dst.name for _, dst in jobs if dst.parent == folder])
 
@@ -71,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
         )
     model.eval().to(device)
 
-    progress = tqdm(jobs, unit="image", desc="upscale", disable=None if len(jobs) > 1 else True)
+    import sys
+
+    # A folder shows progress on a terminal and in a log alike (there, a line every 30 s and at the end).
+    progress = tqdm(jobs, unit="image", desc="upscale", disable=len(jobs) < 2,
+                    mininterval=1.0 if sys.stderr.isatty() else 30.0)
     for src, dst in progress:
         image = read_image(src)
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ntire.errors import DataError
+from ntire.errors import DataError, ImageError
 
 SPLITS = ("train", "valid", "test")
 
@@ -154,9 +154,13 @@ def benchmark_pairs(
 
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image file from its header, without decoding the pixels."""
+    from ntire.images import open_image
+
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             width, height = im.size
+    except ImageError as e:
+        raise DataError(str(e)) from None
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:

@@ -32,9 +32,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ntire.data.layout import ImagePair, image_size
-from ntire.errors import DataError, ImageError
+from ntire.errors import DataError, ImageError, WriteError
 from ntire.files import atomic_path, atomic_write_text, sha256_file
 from ntire.images import encode_png, read_image
+from ntire.locks import hold_folder
 
 ENCODINGS = ("npy", "png")
 MANIFEST_NAME = "manifest.json"
@@ -401,6 +402,7 @@ def write_shards(
     replace_stale: bool = False,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    lock_wait: bool = False,
 ) -> ShardManifest:
     """Write `pairs` as WebDataset shards `out_dir/shard-NNNNNN.tar` plus `out_dir/manifest.json`.
 
@@ -423,12 +425,12 @@ def write_shards(
             data changed) is rebuilt, saying why, rather than refused.
         progress: show a tqdm progress bar.
         say: where the reasons for rebuilding go.
+        lock_wait: when another process is writing into `out_dir` (it holds the folder's lock,
+            ntire.locks), wait for it rather than refuse (a shard cache shared by runs).
 
     Returns the final ShardManifest. Raises DataError for bad input or, unless `replace_stale`, a
     folder holding shards of other input (with resume=True).
     """
-    from tqdm import tqdm
-
     pairs = list(pairs)
     scales = tuple(int(s) for s in scales)
     out_dir = Path(out_dir)
@@ -449,6 +451,19 @@ def write_shards(
             )
     if mix < 1:
         raise DataError(f"mix must be at least 1, got {mix}")
+
+    # One writer per folder (a second is refused naming the first, or with `lock_wait` waits for
+    # it): two writers would delete each other's shards as debris.
+    with hold_folder(out_dir, "ntire shard writing", wait=lock_wait, say=say):
+        return _write(pairs, out_dir, track=track, scales=scales, shard_max_bytes=shard_max_bytes,
+                      subimage=subimage, step=step, encoding=encoding, mix=mix, resume=resume,
+                      replace_stale=replace_stale, progress=progress, say=say)
+
+
+def _write(pairs: list[ImagePair], out_dir: Path, *, track: str, scales: tuple[int, ...], shard_max_bytes: int,
+           subimage: int | None, step: int | None, encoding: str, mix: int, resume: bool, replace_stale: bool,
+           progress: bool, say: Callable[[str], None]) -> ShardManifest:
+    from tqdm import tqdm
 
     plan = _plan(pairs, scales, subimage, step, mix)
     options = dict(track=track, scales=list(scales), encoding=encoding, subimage=subimage,
@@ -564,7 +579,10 @@ def _still_valid(out_dir: Path, shards: list[ShardInfo], say: Callable[[str], No
         seen[s.name] = stamp
         kept.append(s)
     if seen != verified:
-        atomic_write_text(verified_path, json.dumps(seen) + "\n")
+        try:
+            atomic_write_text(verified_path, json.dumps(seen) + "\n")
+        except WriteError:
+            pass  # a read-only shard folder: the record only saves hashing again next time
     return kept
 
 

@@ -16,7 +16,6 @@ replaced by a broken one.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -27,10 +26,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from ntire.errors import ConfigError, NtireError
+from ntire.errors import ConfigError, ImageError, NtireError
 from ntire.files import atomic_path, atomic_write_text
+from ntire.images import open_image
 from ntire.submission.manifest import ModelEntry
 from ntire.submission.predict import png_header, sr_name
 
@@ -204,7 +204,7 @@ def expected_from_lr_files(lr_files: Iterable[str | os.PathLike], scale: int) ->
     for path in lr_files:
         path = Path(path)
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 sizes[sr_name(path)] = im.size
         except (OSError, UnidentifiedImageError, SyntaxError) as e:
             raise NtireError(f"{path}: cannot read the LR image's size ({e})") from None
@@ -242,13 +242,14 @@ class Entry:
     """Returns the file's bytes."""
 
 
-def check_entries(entries: list[Entry], expected: Expected | None = None) -> list[str]:
+def check_entries(entries: list[Entry], expected: Expected | None = None, scale: int | None = None) -> list[str]:
     """Every problem with a submission's members, one message each (empty if it is valid).
 
     Checks: no folders and nothing below the top level; exactly one readme.txt with the four
     fields well formed; every other member an SR PNG; with `expected`, exactly one SR image per
     LR input (none missing, none extra) of exactly scale x the LR size; every PNG 8-bit RGB and
-    decodable. Without `expected` the scale is read from the names (`...x4.png`) and must agree.
+    decodable. Without `expected` every name must carry the scale (`...x4.png`), all the same one
+    and `scale` when given.
     """
     problems: list[str] = []
     files: dict[str, Entry] = {}
@@ -290,7 +291,7 @@ def check_entries(entries: list[Entry], expected: Expected | None = None) -> lis
         for name in sorted(set(images) - set(expected.lr_sizes)):
             problems.append(f"{name}: extra image; it matches no LR input")
     else:
-        scale = _scale_from_names(images, problems)
+        scale = _scale_from_names(images, problems, scale)
 
     for name, entry in images.items():
         want = None
@@ -303,15 +304,22 @@ def check_entries(entries: list[Entry], expected: Expected | None = None) -> lis
     return problems
 
 
-def _scale_from_names(images: dict[str, Entry], problems: list[str]) -> int | None:
+def _scale_from_names(images: dict[str, Entry], problems: list[str], asked: int | None) -> int | None:
     scales = {}
     for name in images:
         m = _SCALE_IN_NAME.search(name)
         scales[name] = int(m.group(1)) if m else None
+        if m is None:
+            problems.append(f"{name}: the name carries no scale; SR images are named like their LR input "
+                            f"(e.g. 0901x{asked or 4}.png)")
+        elif asked is not None and scales[name] != asked:
+            problems.append(f"{name}: named for x{scales[name]}, but the zip is checked as x{asked} (--scale)")
     found = {s for s in scales.values() if s is not None}
     if len(found) > 1:
         named = ", ".join(f"x{s}" for s in sorted(found))
         problems.append(f"images name different scales ({named}); one zip is one scale")
+    if asked is not None:
+        return asked
     return found.pop() if len(found) == 1 else None
 
 
@@ -330,8 +338,10 @@ def _check_png(name: str, data: bytes, want: tuple[int, int, int, int] | None, s
             f"({scale} x the LR input's {want[2]}x{want[3]})"
         )
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data, name) as im:
             im.load()  # a truncated or corrupt file fails here, not at scoring time
+    except ImageError as e:
+        problems.append(str(e))
     except (OSError, UnidentifiedImageError, SyntaxError, zlib.error) as e:
         problems.append(f"{name}: cannot decode the PNG ({e})")
     return problems
@@ -374,13 +384,13 @@ def _reader(path: Path) -> Callable[[], bytes]:
     return path.read_bytes
 
 
-def check_zip(path: str | os.PathLike, expected: Expected | None = None) -> list[str]:
+def check_zip(path: str | os.PathLike, expected: Expected | None = None, scale: int | None = None) -> list[str]:
     """Every problem with a submission zip (see `check_entries`); an unreadable zip is one problem."""
     try:
         entries = zip_entries(path)
     except NtireError as e:
         return [str(e)]
-    return check_entries(entries, expected)
+    return check_entries(entries, expected, scale)
 
 
 def check_folder(folder: str | os.PathLike, expected: Expected | None = None) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -28,6 +27,7 @@ from torch import nn
 from ntire.config import TrainConfig, config_to_yaml, flatten, run_name, to_dict
 from ntire.errors import CheckpointError, ConfigError, TrainingDiverged
 from ntire.files import atomic_write_text
+from ntire.locks import hold_folder
 from ntire.models.build import count_parameters
 from ntire.training.distributed import (
     finish,
@@ -55,6 +55,7 @@ from ntire.training.state import (
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    read_extra,
     save_checkpoint,
 )
 from ntire.training.step import (
@@ -69,11 +70,20 @@ from ntire.training.step import (
     set_lr,
     training_step,
 )
-from ntire.training.tracking import Tracker, provenance_tags, start_tracking
+from ntire.training.tracking import (
+    Tracker,
+    append_metrics_log,
+    provenance_tags,
+    start_tracking,
+    trim_metrics_log,
+)
 from ntire.training.validate import Validation, run_validation
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+
+EMA_FILE = "ema.safetensors"
+"""The weight average in a checkpoint (runs with `optim.ema_decay`)."""
 
 RUN_CONFIG_NAME = "train_config.yaml"
 """The resolved training config of a run, in its output folder (`ntire train --config` reads it;
@@ -141,19 +151,18 @@ def fit(
         out = Path(config.output_dir)
         name = run_name(config)
         main = accelerator.is_main_process
+        if main:  # one run per folder: a second is refused, naming this one's pid and host
+            cleanup.enter_context(hold_folder(out, "ntire train"))
 
         # -- The run folder: resume from its newest intact checkpoint, or claim it afresh; every
         # check before anything is written there, so a refused run changes nothing.
         resume = find_resume(out, config.resume, say=say)
         if resume is not None:
-            check_resumable(resume, config)
+            check_resumable(resume, config, world_size=accelerator.num_processes)
         elif config.resume == "auto":
             say(f"no checkpoint in {out} yet; starting afresh")
         lineage = claim_run_folder(out, resume, archive=config.archive_old_run, main_process=main, say=say)
         accelerator.wait_for_everyone()
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / RUN_CONFIG_NAME, config_to_yaml(config))
 
         # -- Model, optimizer and the step: the paper's L1 + Adam, its step decay a function of the
         # update count (ntire.training.step.learning_rate), captured as CUDA graphs where it can.
@@ -171,8 +180,16 @@ def fit(
         if resume is not None:
             state = load_checkpoint(accelerator, resume)
             say(f"resuming from {resume.path} at step {state.step}")
+            if main:  # the steps after the checkpoint are logged again as they are redone
+                trim_metrics_log(out / "metrics.jsonl", state.step)
         lr = learning_rate(config.optim, state.step)
         train_step = training_step(model, optimizer, accelerator, config, plan, lr=lr)
+        if train_step.ema is not None and resume is not None:
+            averaged = read_extra(resume, EMA_FILE)
+            if averaged is None:
+                say(f"{resume.path} holds no weight average: the EMA starts from its weights")
+            else:
+                train_step.ema.load_state_dict(averaged, where=str(resume.path / EMA_FILE))
 
         # -- Data: a dataset root is sharded once; each process streams its own part of the shards.
         if accelerator.is_local_main_process:  # once per machine; the others wait for it
@@ -212,6 +229,10 @@ def fit(
             f"{config.data.patch_size}px per update, updates {state.step} -> {config.max_steps}"
         )
         say(plan.line)
+
+        if main:  # only a run that passed every check (model, resume, data) owns the folder's config
+            atomic_write_text(out / RUN_CONFIG_NAME, config_to_yaml(config))
+
 
         # -- The loop. Nothing in it reads a device value between log points: the GPU runs ahead
         # while the loader prepares (and pins) the next batches. A non-finite loss stops the run
@@ -273,8 +294,10 @@ def fit(
                     tracking_run_id=tracker.run_id,
                     config=to_dict(config),
                     lineage=lineage,
+                    world_size=accelerator.num_processes,
                 )
-                saved = save_checkpoint(accelerator, out, state)
+                ema = {EMA_FILE: train_step.ema.state_dict()} if train_step.ema is not None else None
+                saved = save_checkpoint(accelerator, out, state, extra=ema)
                 if main:
                     prune_checkpoints(out, config.keep_last, lineage)
             if validated and report is not None:
@@ -440,13 +463,34 @@ def build_training_model(config: TrainConfig, *, fresh: bool, say: Callable[[str
     return model
 
 
-def check_resumable(checkpoint: Checkpoint, config: TrainConfig) -> None:
-    """Refuse to resume a checkpoint of another network (its weights would not fit)."""
+LOADER_GEOMETRY = ("batch_size", "patch_size", "patches_per_sample", "shuffle_buffer", "num_workers", "augment")
+"""The data options that decide which batch each process draws at each step (with the seed and the
+number of processes): a resume with others would not continue the uninterrupted run's stream."""
+
+
+def check_resumable(checkpoint: Checkpoint, config: TrainConfig, *, world_size: int) -> None:
+    """Refuse to resume a checkpoint of another network (its weights would not fit), or, unless
+    `resume_inexact`, with another loader geometry (the run would not be the uninterrupted one)."""
     saved = checkpoint.state.config.get("model")
     if saved is not None and saved != to_dict(config.model):
         raise CheckpointError(
             f"{checkpoint.path}: saved for model {saved}, but this run trains {to_dict(config.model)}; "
             "use another --output-dir or the matching --model/--scale"
+        )
+    if config.resume_inexact:
+        return
+    data = checkpoint.state.config.get("data", {})
+    now = to_dict(config.data)
+    changed = [(f"data.{k}", data[k], now[k]) for k in LOADER_GEOMETRY if k in data and data[k] != now[k]]
+    if "seed" in checkpoint.state.config and checkpoint.state.config["seed"] != config.seed:
+        changed.append(("seed", checkpoint.state.config["seed"], config.seed))
+    if checkpoint.state.world_size is not None and checkpoint.state.world_size != world_size:
+        changed.append(("processes", checkpoint.state.world_size, world_size))
+    if changed:
+        what = ", ".join(f"{name} {old} -> {new}" for name, old, new in changed)
+        raise CheckpointError(
+            f"{checkpoint.path}: the loader geometry changed ({what}), so the batches would not continue the "
+            "interrupted run's; resume with the checkpoint's settings, or give --resume-inexact to accept that"
         )
 
 
@@ -566,8 +610,7 @@ def _metrics(validation: Validation | None) -> dict[str, float]:
 def _append_jsonl(out: Path, main: bool, record: dict[str, Any]) -> None:
     # A plain record of the run beside the tracking store: one JSON object per line.
     if main:
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics_log(out / "metrics.jsonl", record)
 
 
 __all__ = ["RUN_CONFIG_NAME", "FitResult", "FiniteGuard", "Meter", "build_training_model", "fit", "log_interval",

@@ -43,7 +43,7 @@ def prepare_training_shards(config: TrainConfig, *, say: Callable[[str], None] =
             say(f"sharding {source} into {shard_dir} (once; reused while the data is unchanged)")
         write_shards(pairs, shard_dir, track=config.data.track, scales=config.scales,
                      subimage=config.data.subimage, step=config.data.subimage_step,
-                     replace_stale=True, progress=progress, say=say)
+                     replace_stale=True, progress=progress, say=say, lock_wait=True)
     return training_urls(config)
 
 

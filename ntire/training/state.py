@@ -1,27 +1,37 @@
 """Resumable training checkpoints: save atomically, find the newest complete one, keep K + best.
 
 A checkpoint is a folder `<output_dir>/checkpoints/step-00001000/` holding Accelerate's state
-(model, optimizer, scheduler and every process's RNG, via `accelerator.save_state`) plus
-`train_state.yaml`: the update count, the loader position, the validation result at that step,
-the MLflow run id and the full config. It is written under a hidden temporary name and renamed
-into place once complete, so a crash mid-save leaves the previous checkpoint as the newest
-complete one, and a half-written folder is never mistaken for a checkpoint.
+(model and optimizer, via `accelerator.save_state`), every process's RNG state as JSON
+(`rng_state_<rank>.json`) and `train_state.yaml`: the update count, the loader position, the
+validation result at that step, the MLflow run id and the full config. It is written under a
+hidden temporary name and renamed into place once complete, so a crash mid-save leaves the
+previous checkpoint as the newest complete one, and a half-written folder is never mistaken for
+a checkpoint.
+
+Resuming never unpickles anything that could run code: the weights are safetensors, the optimizer
+(and scaler) states are read with `torch.load(weights_only=True)`, the RNG states are JSON, and
+the files Accelerate would unpickle freely (`custom_checkpoint_*.pkl`, which older checkpoints
+hold for the lr scheduler, and its `random_states_*.pkl`) are not read: the lr is a function of
+the step. A file that holds anything but tensors and plain data is refused in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ntire.errors import CheckpointError, one_line
+from ntire.errors import CheckpointError, WriteError, one_line, os_reason
 from ntire.files import apply_default_modes, atomic_write_text
 
 CHECKPOINTS = "checkpoints"
@@ -62,6 +72,10 @@ class TrainState:
     files: dict[str, int] = field(default_factory=dict)
     """Size in bytes of every file of the checkpoint (relative paths) when it was saved, so a
     truncated or missing file is found before resuming from it (empty in older checkpoints)."""
+
+    world_size: int | None = None
+    """Processes the run trained with: each streams its own share of the shards, so the batches
+    after a resume depend on it (None in older checkpoints)."""
 
 
 @dataclass(frozen=True)
@@ -176,12 +190,15 @@ def best_checkpoint(checkpoints: list[Checkpoint]) -> Checkpoint | None:
     return max(scored, key=lambda c: (c.state.valid_psnr, c.state.step)) if scored else None
 
 
-def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: TrainState) -> Path:
+def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: TrainState,
+                    extra: dict[str, dict[str, Any]] | None = None) -> Path:
     """Save Accelerate's state and `state` as `checkpoints/step-<step>`, atomically.
 
     Every process must call this (each saves its own RNG state). The folder is filled under a
     temporary name and renamed when complete; an existing folder of the same step (left by an
-    earlier run resumed from further back) is replaced.
+    earlier run resumed from further back) is replaced. `extra`: more tensors to keep, as
+    safetensors files named by its keys (e.g. the weight average, `ema.safetensors`), written by
+    the main process; `read_extra` reads one back.
     """
     root = checkpoint_root(output_dir)
     final = root / f"step-{state.step:08d}"
@@ -191,14 +208,26 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: Trai
             shutil.rmtree(tmp)  # debris of a save that crashed
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+        atomic_write_text(tmp / RNG_FILE.format(rank=accelerator.process_index), json.dumps(rng_state()))
+        if accelerator.is_main_process and extra:
+            from safetensors.torch import save_file
+
+            for name, tensors in extra.items():
+                save_file(tensors, str(tmp / name))
+    except Exception as e:  # noqa: BLE001 - safetensors and torch's zip writer raise their own kinds
+        _abandon_save(tmp, e)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         apply_default_modes(tmp)  # Accelerate's safetensors files come 0600
         sizes = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         state = dataclasses.replace(state, files=sizes)
-        atomic_write_text(tmp / STATE_FILE, yaml.safe_dump(asdict(state), sort_keys=False))
-        _fsync_tree(tmp)
+        try:
+            atomic_write_text(tmp / STATE_FILE, yaml.safe_dump(asdict(state), sort_keys=False))
+            _fsync_tree(tmp)
+        except OSError as e:
+            _abandon_save(tmp, e)
         if final.exists():
             old = root / f".old-step-{state.step:08d}"
             if old.exists():
@@ -212,13 +241,215 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, state: Trai
     return final
 
 
-def load_checkpoint(accelerator: Any, checkpoint: Checkpoint) -> TrainState:
-    """Restore model, optimizer, scheduler and RNG state (every process) from `checkpoint`."""
+def read_extra(checkpoint: Checkpoint, name: str) -> dict[str, Any] | None:
+    """The tensors `save_checkpoint` kept as `name` in `checkpoint` (None if it kept none)."""
+    path = checkpoint.path / name
+    if not path.is_file():
+        return None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        accelerator.load_state(str(checkpoint.path))
-    except Exception as e:  # noqa: BLE001 - torch, safetensors and pickle each raise their own kind
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable ({one_line(e)}); resume from another checkpoint") from None
+
+
+def load_checkpoint(accelerator: Any, checkpoint: Checkpoint) -> TrainState:
+    """Restore model, optimizer, any prepared scheduler, the scaler and the RNG state (every
+    process) from `checkpoint`, reading no pickle that could run code (see the module's doc)."""
+    try:
+        _restore(accelerator, checkpoint.path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch, safetensors and DeepSpeed each raise their own kind
         raise CheckpointError(f"{checkpoint.path}: cannot restore training state ({one_line(e)})") from None
     return checkpoint.state
+
+
+def _restore(accelerator: Any, folder: Path) -> None:
+    # What Accelerate's load_state does for a plain or DDP run, minus its unpickling: its model,
+    # optimizer, scheduler and scaler files, by its own names (accelerate.utils.constants). Its
+    # sampler.bin / dl_state_dict.bin are never written: ntire prepares no DataLoader (the loader
+    # position is TrainState.batches). custom_checkpoint_*.pkl is never read: the lr is a function of the step.
+    from accelerate.utils import DistributedType
+    from safetensors.torch import load_model
+
+    kind = accelerator.distributed_type
+    suffix = lambda i: f"_{i}" if i else ""  # noqa: E731 - Accelerate's numbering of a second model
+    if kind in (DistributedType.FSDP, DistributedType.MEGATRON_LM):
+        raise CheckpointError(f"{folder}: ntire resumes single-process, DDP and DeepSpeed runs, not {kind.value}")
+    if kind == DistributedType.DEEPSPEED:
+        import torch
+
+        for i, engine in enumerate(accelerator._models):
+            # DeepSpeed's own loader asks torch for full unpickling: forced weights-only, with the
+            # three plain DeepSpeed types its ZeRO optimizer states hold (measured, ZeRO-1/2, bf16).
+            with weights_only_loads(), torch.serialization.safe_globals(_deepspeed_state_types()):
+                engine.load_checkpoint(str(folder), f"pytorch_model{suffix(i)}")
+    else:
+        for i, model in enumerate(accelerator._models):
+            weights = folder / f"model{suffix(i)}.safetensors"
+            try:
+                load_model(model, str(weights), device="cpu")
+            except Exception as e:  # noqa: BLE001 - safetensors' own error kinds
+                raise CheckpointError(f"{weights}: unreadable weights ({one_line(e)}); resume from another "
+                                      "checkpoint") from None
+        for i, optimizer in enumerate(accelerator._optimizers):
+            optimizer.load_state_dict(safe_torch_load(folder / f"optimizer{suffix(i)}.bin"))
+    for i, scheduler in enumerate(accelerator._schedulers):
+        if kind != DistributedType.DEEPSPEED or type(scheduler).__name__ != "DeepSpeedSchedulerWrapper":
+            scheduler.load_state_dict(safe_torch_load(folder / f"scheduler{suffix(i)}.bin"))
+    if accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(safe_torch_load(folder / "scaler.pt"))
+    restore_rng_state(folder, accelerator.process_index)
+
+
+RNG_FILE = "rng_state_{rank}.json"
+"""Each process's RNG state in a checkpoint (Python, NumPy, torch CPU and CUDA generators)."""
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every random generator a training process draws from, as plain JSON data."""
+    import random
+
+    import numpy as np
+    import torch
+
+    version, keys, gauss = random.getstate()
+    kind, np_keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    record: dict[str, Any] = {
+        "python": [version, list(keys), gauss],
+        "numpy": [kind, np_keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        record["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return record
+
+
+def restore_rng_state(folder: Path, rank: int) -> None:
+    """Set every generator to the state saved by process `rank` in checkpoint `folder`. A
+    checkpoint of an earlier ntire holds only Accelerate's pickle of it, read weights-only."""
+    import random
+
+    import numpy as np
+    import torch
+
+    path = folder / RNG_FILE.format(rank=rank)
+    if not path.is_file():
+        _restore_accelerate_rng(folder / f"random_states_{rank}.pkl")
+        return
+    try:
+        record = json.loads(path.read_text())
+        version, keys, gauss = record["python"]
+        kind, np_keys, pos, has_gauss, cached = record["numpy"]
+        random.setstate((int(version), tuple(int(k) for k in keys), None if gauss is None else float(gauss)))
+        np.random.set_state((str(kind), np.asarray(np_keys, dtype=np.uint32), int(pos), int(has_gauss),
+                             float(cached)))
+        torch.set_rng_state(torch.tensor(record["torch"], dtype=torch.uint8))
+        cuda = record.get("cuda")
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in cuda])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: unreadable RNG state ({one_line(e)}); resume from another checkpoint") from None
+
+
+def _restore_accelerate_rng(path: Path) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    # Accelerate pickles NumPy's state as an array: allow exactly the NumPy types that takes.
+    with torch.serialization.safe_globals(_numpy_array_globals()):
+        states = safe_torch_load(path)
+    try:
+        random.setstate(states["random_state"])
+        np.random.set_state(states["numpy_random_seed"])
+        torch.set_rng_state(states["torch_manual_seed"])
+        if "torch_cuda_manual_seed" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["torch_cuda_manual_seed"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: unreadable RNG state ({one_line(e)}); resume from another checkpoint") from None
+
+
+def _deepspeed_state_types() -> list[Any]:
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def _numpy_array_globals() -> list[Any]:
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def safe_torch_load(path: Path) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU: tensors and plain data only. A file that
+    holds other objects (a pickle that could run code) or cannot be read is a CheckpointError."""
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing from the checkpoint; resume from another checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused: it holds objects other than tensors and plain data (a pickle that could run "
+            "code), which ntire never loads; resume from another checkpoint"
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({one_line(e)}); resume from another checkpoint") from None
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Make every `torch.load` inside the block weights-only, even one that asks for full
+    unpickling (DeepSpeed's checkpoint loader does): torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD switch."""
+    name = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _abandon_save(tmp: Path, error: BaseException) -> None:
+    """A save that failed writing: drop its half-written folder (the previous checkpoint stays
+    the newest), and say in one line which folder and why (a full disk, a read-only one)."""
+    reason = os_reason(error)
+    if reason is None and _nearly_full(tmp.parent):
+        # torch's zip writer reports a full disk without the errno ("unexpected pos 576 vs 534").
+        reason = f"{os.strerror(errno.ENOSPC)}: {shutil.disk_usage(tmp.parent).free} bytes free"
+    if reason is None:
+        raise error  # not a failed write: a bug, shown as one
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise WriteError(f"{tmp.parent}: cannot save a checkpoint ({reason})") from None
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL
+    except OSError:
+        return False
+
+
+NEARLY_FULL = 64 * 2**20
+"""Free bytes under which a save that failed without saying why is taken for a full disk."""
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int, lineage: str) -> list[Path]:
@@ -234,8 +465,17 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int, lineage: st
     removed = [c.path for c in checkpoints if c.path not in keep]
     if root.is_dir():
         removed += [p for p in root.iterdir() if p.name.startswith((".tmp-step-", ".old-step-"))]
+        # A step folder without its state file is what an older ntire's pruning left when killed.
+        removed += [p for p in root.iterdir() if _NAME.match(p.name) and not (p / STATE_FILE).exists()]
     for path in removed:
-        shutil.rmtree(path, ignore_errors=True)
+        doomed = path
+        if _NAME.match(path.name):
+            # Renamed out of the checkpoints' names first, in one step: a kill mid-delete then
+            # leaves debris the next pruning clears, never a half-deleted `step-*` folder.
+            doomed = root / f".old-{path.name}"
+            shutil.rmtree(doomed, ignore_errors=True)
+            os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return removed
 
 

@@ -19,6 +19,7 @@ caller knows them the world size, device, precision and the data's identity (`da
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import re
@@ -75,13 +76,17 @@ class Tracker:
     """One MLflow run, or nothing (`active` False). Construct with `start_tracking`."""
 
     def __init__(self, client: Any = None, run_id: str | None = None, uri: str = "",
-                 say: Callable[[str], None] = _say, *, run_name: str = "", resumed: bool = False) -> None:
+                 say: Callable[[str], None] = _say, *, run_name: str = "", resumed: bool = False,
+                 logged_through: Mapping[str, int] | None = None) -> None:
         self._client = client
         self.run_id = run_id
         self.uri = uri
         self._say = say
         self.run_name = run_name
         self.resumed = resumed
+        self.logged_through = dict(logged_through or {})
+        """Per metric, the last step a reopened run had logged: a resumed job redoes the steps
+        after its checkpoint, and they are not logged twice."""
 
     @property
     def active(self) -> bool:
@@ -126,8 +131,10 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if np.isfinite(v)]
-        self._call("log_batch", metrics=items)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                 if np.isfinite(v) and step > self.logged_through.get(k, -1)]
+        if items:
+            self._call("log_batch", metrics=items)
 
     def log_image(self, image: np.ndarray, artifact_file: str) -> None:
         """Log an (H, W, 3) uint8 image as the artifact `artifact_file` (e.g. `comparisons/a.png`)."""
@@ -216,7 +223,8 @@ def start_tracking(
         say(f"MLflow tracking at {uri} is unavailable ({problem}); training goes on without tracking")
         return Tracker(say=say)
 
-    tracker = Tracker(client, run_id, uri, say, run_name=run_name, resumed=not fresh)
+    logged = {} if fresh else _last_logged_steps(client, run_id)
+    tracker = Tracker(client, run_id, uri, say, run_name=run_name, resumed=not fresh, logged_through=logged)
     if fresh and params:
         tracker.log_params(params)
     if tags:
@@ -430,6 +438,49 @@ def _gpu_name(device: Any) -> str | None:
         return torch.cuda.get_device_name(torch.device(str(device)))
     except Exception:  # noqa: BLE001
         return None
+
+
+def _last_logged_steps(client: Any, run_id: str) -> dict[str, int]:
+    try:
+        keys = client.get_run(run_id).data.metrics
+        return {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1) for key in keys}
+    except Exception:  # noqa: BLE001 - tracking must never stop training; at worst a step shows twice
+        return {}
+
+
+def append_metrics_log(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Append `record` as one JSON line to a run's metrics.jsonl (beside the tracking store, a
+    plain record of the run); a failed write (a full disk) is one line naming the file."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        from ntire.errors import write_error
+
+        raise write_error(e, path) from None
+
+
+def trim_metrics_log(path: str | os.PathLike, step: int) -> None:
+    """Drop the records after `step` from a run's metrics.jsonl (one JSON object per line, each
+    with its `step`): a job resumed from the checkpoint at `step` redoes and logs them again."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] = ""  # half a record, cut by a kill: its step is redone (and would glue to the next)
+    for line in lines:
+        try:
+            later = json.loads(line).get("step", 0) > step
+        except (ValueError, AttributeError, TypeError):
+            later = not line  # an unreadable line is kept as it was: nothing is lost silently
+        if not later:
+            kept.append(line)
+    if kept != lines:
+        from ntire.files import atomic_write_text
+
+        atomic_write_text(path, "".join(kept))
 
 
 def _reopen(client: Any, run_id: str | None) -> str | None:

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_short_soak_loses_nothing(tmp_path):
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "faults.py"), "--kills", "1", "--seed", "1",
+                          "--concurrent", "1",
                           "--work", str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=REPO)
     assert run.returncode == 0, run.stdout + run.stderr
     last = run.stdout.strip().splitlines()[-1]

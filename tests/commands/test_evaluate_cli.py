@@ -53,14 +53,17 @@ def test_table_and_json(dirs, tmp_path, capsys):
     assert lines[3].split()[1:] == ["inf", "1.0000"]
     assert lines[-1].split()[:2] == ["mean", "inf"]
 
-    data = json.loads(out.read_text())
+    def strict(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    data = json.loads(out.read_text(), parse_constant=strict)
     assert set(data) == {"per_image", "mean", "unmatched_sr"} and data["unmatched_sr"] == []
     assert list(data["per_image"]) == ["0801", "0802", "0803"]
     assert all(set(v) == {"psnr", "ssim"} for v in data["per_image"].values())
     assert data["per_image"]["0801"]["psnr"] == pytest.approx(20 * math.log10(255 / 1))
     assert data["per_image"]["0802"]["psnr"] == pytest.approx(20 * math.log10(255 / 3))
-    assert data["per_image"]["0803"] == {"psnr": math.inf, "ssim": 1.0}
-    assert data["mean"]["psnr"] == math.inf
+    assert data["per_image"]["0803"] == {"psnr": None, "ssim": 1.0}  # infinite: null in strict JSON
+    assert data["mean"]["psnr"] is None
     ssims = [v["ssim"] for v in data["per_image"].values()]
     assert data["mean"]["ssim"] == pytest.approx(sum(ssims) / 3)
     assert not list(out.parent.glob(".*tmp"))  # atomic write left no temporary behind
@@ -140,3 +143,14 @@ def test_unmatched_sr_images_are_an_error_or_a_counted_warning(dirs, capsys):
     captured = capsys.readouterr()
     assert "warning: 1 SR image(s) without an HR partner not scored: 0900x2.png" in captured.err
     assert "0801" in captured.out
+
+
+def test_an_existing_json_file_is_kept_unless_forced(dirs, tmp_path, capsys):
+    sr_dir, hr_dir = dirs
+    out = tmp_path / "scores.json"
+    out.write_text("earlier scores")
+    assert main(_args(sr_dir, hr_dir, "--protocol", "div2k", "--json", str(out))) == 2
+    assert f"{out}: already exists; pass --force to overwrite" in capsys.readouterr().err
+    assert out.read_text() == "earlier scores"
+    assert main(_args(sr_dir, hr_dir, "--protocol", "div2k", "--json", str(out), "--force")) == 0
+    assert json.loads(out.read_text())["unmatched_sr"] == []

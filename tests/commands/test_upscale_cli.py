@@ -57,7 +57,7 @@ def test_tile_auto_is_the_default_and_0_forces_the_whole_image(checkpoints, tmp_
     monkeypatch.setattr(ntire.inference, "tiled_forward", lambda *a, **k: tiled.append(k["tile"]) or real(*a, **k))
     want = _expected(checkpoints["edsr"], image, 2, tile=0)
     for extra in ([], ["--tile", "auto"], ["--tile", "0"]):
-        assert _upscale(checkpoints["edsr"], 2, tmp_path / "a.png", tmp_path / "o.png", *extra) == 0
+        assert _upscale(checkpoints["edsr"], 2, tmp_path / "a.png", tmp_path / "o.png", *extra, "--force") == 0
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o.png")), want)
     assert tiled == []  # a small image in plenty of memory runs whole
 
@@ -206,3 +206,26 @@ def test_released_layout_pt_file_loads_by_path(tmp_path, rng):
     assert _upscale(tmp_path / "edsr_tiny_x3.pt", 3, tmp_path / "a.png", tmp_path / "sr.png") == 0
     want = upscale_image(model, config, image, scale=3)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "sr.png")), want)
+
+
+def test_an_existing_output_is_kept_unless_forced(checkpoints, tmp_path, rng, capsys):
+    image = rng.integers(0, 256, (13, 18, 3), dtype=np.uint8)
+    _save(tmp_path / "in" / "0901x2.png", image)
+    _save(tmp_path / "in" / "0902x2.png", image)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0902x2.png").write_bytes(b"someone's earlier result")
+    assert _upscale(checkpoints["edsr"], 2, tmp_path / "in", out) == 2
+    assert f"{out / '0902x2.png'}: already exists; pass --force to overwrite" in capsys.readouterr().err
+    assert (out / "0902x2.png").read_bytes() == b"someone's earlier result" and not (out / "0901x2.png").exists()
+    assert _upscale(checkpoints["edsr"], 2, tmp_path / "in" / "0901x2.png", out / "0902x2.png") == 2  # file to file
+    assert _upscale(checkpoints["edsr"], 2, tmp_path / "in", out, "--force") == 0
+    assert Image.open(out / "0902x2.png").size == (36, 26)
+
+
+def test_a_folder_upscale_shows_progress_in_a_log(checkpoints, tmp_path, rng, capsys):
+    image = rng.integers(0, 256, (13, 18, 3), dtype=np.uint8)
+    for i in range(3):
+        _save(tmp_path / "in" / f"090{i}x2.png", image)
+    assert _upscale(checkpoints["edsr"], 2, tmp_path / "in", tmp_path / "out") == 0
+    assert "3/3" in capsys.readouterr().err  # stderr is no terminal here: a bar still reports

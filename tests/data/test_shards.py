@@ -170,3 +170,44 @@ def test_cli_shard(sample_root, tmp_path, capsys):
     assert (out / "shard-000000.tar").stat().st_mtime_ns == stat.st_mtime_ns
     assert main(["data", "check", "--shards", str(out)]) == 0
     assert main(["data", "shard", "--root", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+def test_a_second_writer_of_a_shard_folder_is_refused_or_waits(train_pairs, tmp_path):
+    import os
+    import sys
+    import threading
+    from pathlib import Path
+
+    from ntire.errors import FolderBusyError
+
+    repo = Path(__file__).resolve().parents[2]
+    code = ("from ntire.locks import hold_folder\n"
+            f"with hold_folder({str(tmp_path / 'shards')!r}, 'ntire shard writing'):\n"
+            "    print('held', flush=True)\n    import sys; sys.stdin.read()\n")  # until told to go
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(FolderBusyError, match=f"pid {holder.pid}"):
+        _write(train_pairs, tmp_path / "shards")
+    assert not list((tmp_path / "shards").glob("shard-*"))  # the holder's folder untouched
+    said: list[str] = []
+    threading.Timer(1.0, holder.stdin.close).start()
+    manifest = _write(train_pairs, tmp_path / "shards", lock_wait=True, say=said.append)  # a shared cache
+    assert holder.wait() == 0 and manifest.complete and any("waiting" in s for s in said)
+
+
+def test_a_read_only_shard_cache_is_still_reused(train_pairs, tmp_path, monkeypatch):
+    import errno
+
+    from ntire.errors import write_error
+
+    _write(train_pairs, tmp_path / "shards")
+    (tmp_path / "shards" / shards_module.VERIFIED_NAME).unlink(missing_ok=True)
+    os_error = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "shards" / "x"))
+
+    def read_only(path, text):
+        raise write_error(os_error, path)
+
+    monkeypatch.setattr(shards_module, "atomic_write_text", read_only)
+    manifest = _write(train_pairs, tmp_path / "shards")
+    assert manifest.complete and not (tmp_path / "shards" / shards_module.VERIFIED_NAME).exists()

@@ -208,3 +208,50 @@ def test_sample_fine_tune_configs_start_from_the_demo_model(scale):
     assert config.model.name == demo.model.name == "edsr-baseline" and config.model.scales == (scale,)
     assert 100 <= config.max_steps <= 1000 and config.resume == "auto"  # minutes on 2 cores, resumable
     assert config.data.source == "data/sample" and config.tracking.enabled is False
+
+
+def _renamed_copy(good: Path, out: Path, rename) -> Path:
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(rename(name), src.read(name))
+    return out
+
+
+def test_a_partial_check_still_checks_the_scale_in_every_name(tmp_path, built, capsys):
+    from ntire.__main__ import main
+
+    _, _, results = built
+    good = results["bicubic"][0].zip_path  # x2
+    lone = _renamed_copy(good, tmp_path / good.name, lambda n: n)  # no inputs record beside it
+    assert main(["submit", "--check", str(lone), "--partial", "--scale", "2"]) == 0
+    capsys.readouterr()
+    assert main(["submit", "--check", str(lone), "--partial", "--scale", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "INVALID" in err and "x2.png: named for x2, but the zip is checked as x3" in err
+    bare = _renamed_copy(good, tmp_path / "bare.zip", lambda n: n.replace("x2.png", ".png"))
+    assert main(["submit", "--check", str(bare), "--partial"]) == 1
+    assert "the name carries no scale" in capsys.readouterr().err
+
+
+def test_a_second_submit_into_a_busy_folder_is_refused(tmp_path, write_manifest, capsys):
+    import os
+
+    from ntire.__main__ import main
+
+    out = tmp_path / "out"
+    code = ("import sys\nfrom ntire.locks import hold_folder\n"
+            f"with hold_folder({str(out)!r}, 'ntire submit'):\n"
+            "    print('held', flush=True)\n    sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["submit", "--manifest", str(write_manifest(tmp_path)), "--track", "unknown", "--scales", "2",
+                "--split", "valid", "--out", str(out), "--device", "cpu", "--no-progress", "--no-mlflow"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"pid {holder.pid}" in err and "ntire submit" in err
+        assert not list(out.rglob("*.zip"))
+    finally:
+        holder.stdin.close()
+        holder.wait()

@@ -177,6 +177,9 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run_exactly(dataset, t
     assert sorted(expected) == list(range(1, 13))
     assert {s: killed_log[s] for s in range(1, 9)} == {s: expected[s] for s in range(1, 9)}
     assert read_metrics(killed) == expected  # losses at every step, validation at 6 and 12
+    logged = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    losses = sorted(r["step"] for r in logged if "train/loss" in r)
+    assert losses == list(range(1, 13))  # the steps redone after the resume are not logged twice
     a = load_file(str(straight / "model" / "model.safetensors"))
     b = load_file(str(killed / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -206,12 +209,16 @@ def test_a_fresh_run_into_a_used_folder_is_refused_before_writing_anything(datas
 
     out = tmp_path / "run"
     first = fit(tiny_config(dataset, out, max_steps=4, save_every=2, eval_every=0, keep_last=2))
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "mlflow" not in p.name}
+    def run_files() -> dict[Path, bytes]:  # the lock file records each holder: not the run's
+        return {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "mlflow" not in p.name
+                and p.name != ".ntire.lock"}
+
+    before = run_files()
     with pytest.raises(CheckpointError, match=r"run: holds 2 checkpoint\(s\) of an earlier run"):
         fit(tiny_config(dataset, out, max_steps=2, save_every=1, eval_every=0))
     with pytest.raises(CheckpointError, match="holds"):  # another network: refused the same way
         fit(tiny_config(dataset, out, max_steps=2, model={"n_feats": 16}))
-    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "mlflow" not in p.name}
+    after = run_files()
     assert after == before  # the train config, the checkpoints and the model are as they were
     assert (out / RUN_CONFIG_NAME).read_text().count("max_steps: 4") == 1
 
@@ -316,3 +323,127 @@ def test_a_run_with_ema_validates_and_exports_both_weights(dataset, tmp_path, ca
     metrics = read_metrics(out)
     assert metrics[4]["valid_ema/psnr_x2"] == pytest.approx(result.ema_validation.scales[2].psnr)
     assert metrics[4]["valid/psnr_x2"] == pytest.approx(result.validation.scales[2].psnr)
+
+
+@pytest.mark.slow
+def test_a_second_training_on_a_busy_folder_is_refused_naming_the_first(dataset, tmp_path):
+    import socket
+
+    from ntire.errors import FolderBusyError
+    from ntire.locks import LOCK_NAME
+    from ntire.training.fit import RUN_CONFIG_NAME, fit
+
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ntire", "train", "--data", str(dataset), "--output-dir", str(out),
+         "--set", "model.n_blocks=1", "--set", "model.n_feats=8", "--batch-size", "2", "--patch-size", "16",
+         "--num-workers", "0", "--max-steps", "100000", "--save-every", "2", "--eval-every", "0",
+         "--no-tracking", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        for line in first.stdout:  # the first run is training: it holds the folder
+            if line.startswith("step "):
+                break
+        assert json.loads((out / LOCK_NAME).read_text())["pid"] == first.pid
+        config_before = (out / RUN_CONFIG_NAME).read_bytes()
+        with pytest.raises(FolderBusyError) as refused:
+            fit(tiny_config(dataset, out, max_steps=2, resume="auto"))
+        message = str(refused.value)
+        assert "\n" not in message and f"pid {first.pid}" in message and socket.gethostname() in message
+        assert (out / RUN_CONFIG_NAME).read_bytes() == config_before  # nothing of the first run touched
+        # The same through the command line: one line, exit 2.
+        run = subprocess.run([sys.executable, "-m", "ntire", "train", "--data", str(dataset), "--output-dir",
+                              str(out), "--resume", "auto", "--no-tracking"], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1 and f"pid {first.pid}" in run.stderr
+    finally:
+        first.kill()
+        first.wait()
+    # Killed, its lock is gone with it: the next run continues its checkpoints.
+    resumed = fit(tiny_config(dataset, out, max_steps=2, save_every=2, eval_every=0, resume="auto",
+                              data={"batch_size": 2}, resume_inexact=True))  # the loader's other settings
+    assert resumed.step >= 2
+
+
+def test_a_run_that_fails_its_checks_writes_no_config(dataset, tmp_path):
+    from ntire.errors import CheckpointError
+    from ntire.training.fit import RUN_CONFIG_NAME, fit
+
+    out = tmp_path / "run"
+    with pytest.raises(CheckpointError):
+        fit(tiny_config(dataset, out, init_from=str(tmp_path / "no-such-model")))
+    assert not out.exists()  # not even the folder: it held nothing but the lock
+    out.mkdir()
+    with pytest.raises(CheckpointError):
+        fit(tiny_config(dataset, out, init_from=str(tmp_path / "no-such-model")))
+    assert not (out / RUN_CONFIG_NAME).exists()
+
+
+def test_resuming_never_unpickles_the_old_scheduler_file(dataset, tmp_path):
+    # A crafted custom_checkpoint_0.pkl (where Accelerate kept the lr scheduler) once ran on --resume.
+    import yaml
+
+    from ntire.training.fit import fit
+    from ntire.training.state import STATE_FILE
+
+    out = tmp_path / "run"
+    fit(tiny_config(dataset, out, max_steps=2, save_every=2, eval_every=0))
+    (checkpoint,) = (out / "checkpoints").iterdir()
+    marker = tmp_path / "marker"
+    evil = checkpoint / "custom_checkpoint_0.pkl"
+    torch.save(_PlantsMarker(marker), evil)
+    state = yaml.safe_load((checkpoint / STATE_FILE).read_text())
+    state["files"]["custom_checkpoint_0.pkl"] = evil.stat().st_size  # passes the size check
+    (checkpoint / STATE_FILE).write_text(yaml.safe_dump(state))
+    result = fit(tiny_config(dataset, out, max_steps=3, save_every=3, eval_every=0, resume="auto"))
+    assert result.step == 3 and not marker.exists()
+
+
+class _PlantsMarker:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_the_weight_average_resumes_exactly(dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    from ntire.training.fit import EMA_FILE, fit
+
+    def run(out, steps, resume=None):
+        return fit(tiny_config(dataset, out, max_steps=steps, save_every=3, eval_every=0, mixed_precision="no",
+                               optim={"ema_decay": 0.8}, resume=resume))
+
+    run(tmp_path / "whole", 6)
+    run(tmp_path / "parts", 3)
+    assert (tmp_path / "parts" / "checkpoints" / "step-00000003" / EMA_FILE).is_file()
+    run(tmp_path / "parts", 6, resume="auto")
+    for folder in ("model", "model-ema"):
+        whole = load_file(tmp_path / "whole" / folder / "model.safetensors")
+        parts = load_file(tmp_path / "parts" / folder / "model.safetensors")
+        assert all(torch.equal(whole[k], parts[k]) for k in whole), folder
+
+
+def test_a_resume_with_another_loader_geometry_is_refused_unless_accepted(dataset, tmp_path):
+    from ntire.errors import CheckpointError
+    from ntire.training.fit import fit
+
+    out = tmp_path / "run"
+    fit(tiny_config(dataset, out, max_steps=2, save_every=2, eval_every=0, mixed_precision="no"))
+    from ntire.locks import LOCK_NAME
+
+    def files() -> list[str]:
+        return sorted(p.name for p in out.rglob("*") if p.name != LOCK_NAME)
+
+    before = files()
+    with pytest.raises(CheckpointError) as refused:
+        fit(tiny_config(dataset, out, max_steps=4, save_every=2, eval_every=0, mixed_precision="no",
+                        resume="auto", data={"num_workers": 1}))
+    message = str(refused.value)
+    assert "\n" not in message and "data.num_workers 0 -> 1" in message and "--resume-inexact" in message
+    assert files() == before  # refused before anything was written
+    resumed = fit(tiny_config(dataset, out, max_steps=4, save_every=2, eval_every=0, mixed_precision="no",
+                              resume="auto", resume_inexact=True, data={"num_workers": 1}))
+    assert resumed.step == 4

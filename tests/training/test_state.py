@@ -130,7 +130,9 @@ def test_save_and_load_restore_weights_optimizer_schedule_and_rng(tmp_path, prep
     assert restored == dataclasses.replace(state, files=restored.files)
     assert restored.files["model.safetensors"] == (path / "model.safetensors").stat().st_size
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
-    assert scheduler.get_last_lr() == lr
+    # Accelerate's pickle of the scheduler (custom_checkpoint_0.pkl) is never read: the lr is a
+    # function of the step, and that file could run code.
+    assert (path / "custom_checkpoint_0.pkl").is_file() and scheduler.get_last_lr() != lr
     assert torch.equal(torch.rand(3), after_save)  # RNG restored to where the save left it
 
 
@@ -233,3 +235,174 @@ def test_pruning_leaves_another_runs_checkpoints_alone(tmp_path):
     fake_checkpoint(tmp_path, 20)
     prune_checkpoints(tmp_path, keep_last=1, lineage="")
     assert theirs.is_dir() and not mine.exists()
+
+
+class _PlantsMarker:
+    """Unpickling this creates the file `marker`: what a crafted checkpoint file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_no_checkpoint_file_can_run_code_on_resume(tmp_path, prepared):
+    import pickle
+    import shutil
+
+    accelerator, model, optimizer, scheduler = prepared
+    _train_step(model, optimizer, scheduler)
+    path = save_checkpoint(accelerator, tmp_path / "run", TrainState(step=1, batches=1))
+    pristine = tmp_path / "pristine"
+    shutil.copytree(path, pristine)
+    names = sorted(p.name for p in pristine.iterdir())
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "rng_state_0.json",
+            "custom_checkpoint_0.pkl", STATE_FILE} <= set(names)
+    marker = tmp_path / "marker"
+    for name in names:
+        for fmt in ("torch", "pickle"):
+            shutil.rmtree(path)
+            shutil.copytree(pristine, path)
+            if fmt == "torch":
+                torch.save(_PlantsMarker(marker), path / name)
+            else:
+                (path / name).write_bytes(pickle.dumps(_PlantsMarker(marker)))
+            try:
+                load_checkpoint(accelerator, read_checkpoint(path))
+            except CheckpointError as e:
+                assert "\n" not in str(e) and name in str(e)  # refused in one line naming the file
+            assert not marker.exists(), f"unpickling {name} ({fmt}) ran code"
+
+
+def test_a_checkpoint_without_json_rng_state_restores_accelerates_weights_only(tmp_path, prepared):
+    accelerator, model, optimizer, scheduler = prepared
+    path = save_checkpoint(accelerator, tmp_path, TrainState(step=1, batches=1))
+    after_save = torch.rand(3)
+    (path / "rng_state_0.json").unlink()  # as an earlier ntire saved it
+    load_checkpoint(accelerator, read_checkpoint(path))
+    assert torch.equal(torch.rand(3), after_save)
+
+
+def test_a_full_disk_mid_save_is_one_line_and_leaves_the_previous_checkpoint(tmp_path, prepared, monkeypatch):
+    from safetensors import SafetensorError
+
+    from ntire.errors import WriteError
+
+    accelerator, model, optimizer, scheduler = prepared
+    save_checkpoint(accelerator, tmp_path, TrainState(step=1, batches=1))
+    real_save_state = accelerator.save_state
+
+    def save_until_full(folder):
+        real_save_state(folder)  # a half-written folder, then the disk is full
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(accelerator, "save_state", save_until_full)
+    with pytest.raises(WriteError) as failed:
+        save_checkpoint(accelerator, tmp_path, TrainState(step=2, batches=2))
+    assert str(failed.value) == f"{checkpoint_root(tmp_path)}: cannot save a checkpoint (No space left on device)"
+    assert sorted(p.name for p in checkpoint_root(tmp_path).iterdir()) == ["step-00000001"]
+    assert find_resume(tmp_path, "auto").state.step == 1
+
+
+def test_a_kill_mid_prune_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    for step in (1, 2, 3):
+        fake_checkpoint(tmp_path, step)
+    real_rmtree = train_state.shutil.rmtree
+
+    def killed_mid_delete(path, ignore_errors=False):
+        if Path(path).name.startswith(".old-step-") and Path(path).exists():
+            (Path(path) / STATE_FILE).unlink()  # the first file gone, then the process dies
+            raise KeyboardInterrupt
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(train_state.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoints(tmp_path, keep_last=1, lineage="")
+    monkeypatch.setattr(train_state.shutil, "rmtree", real_rmtree)
+    assert not any(p.name.startswith("step-") and not (p / STATE_FILE).exists()
+                   for p in checkpoint_root(tmp_path).iterdir())
+    # An earlier ntire's half-deleted folder, and this one's debris, go at the next pruning.
+    (checkpoint_root(tmp_path) / "step-00000000").mkdir()
+    prune_checkpoints(tmp_path, keep_last=1, lineage="")
+    assert sorted(p.name for p in checkpoint_root(tmp_path).iterdir()) == ["step-00000003"]
+
+
+def shutil_usage(free: int):
+    import shutil
+
+    return shutil._ntuple_diskusage(total=10**9, used=10**9 - free, free=free)
+
+
+def test_a_full_disk_that_torch_reports_without_errno_is_still_one_line(tmp_path, prepared, monkeypatch):
+    from ntire.errors import WriteError
+
+    accelerator = prepared[0]
+
+    def full(folder):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(accelerator, "save_state", full)
+    monkeypatch.setattr(train_state.shutil, "disk_usage", lambda folder: shutil_usage(free=1000))
+    with pytest.raises(WriteError, match=r"cannot save a checkpoint \(No space left on device: 1000 bytes free\)"):
+        save_checkpoint(accelerator, tmp_path, TrainState(step=1, batches=1))
+    assert list(checkpoint_root(tmp_path).iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setattr(accelerator, "save_state", full)  # plenty of space: a bug, with its traceback
+    with pytest.raises(RuntimeError):
+        save_checkpoint(accelerator, tmp_path, TrainState(step=1, batches=1))
+
+
+DEEPSPEED_RESUME = """
+import json, os, sys, types
+from pathlib import Path
+import torch, deepspeed
+from accelerate.utils import DistributedType
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+deepspeed.init_distributed(dist_backend="gloo")
+from ntire.training import state
+folder, marker = Path(sys.argv[1]), sys.argv[3]
+for stage in (1, 2):
+    model = torch.nn.Conv2d(3, 3, 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": stage}, "bf16": {"enabled": True}}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    x = torch.ones(1, 3, 8, 8, dtype=torch.bfloat16)
+    engine.backward(engine(x).float().mean()); engine.step()
+    path = folder / f"zero{stage}"
+    engine.save_checkpoint(str(path), "pytorch_model")  # what Accelerate's save_state does under DeepSpeed
+    (path / "rng_state_0.json").write_text(json.dumps(state.rng_state()))
+    saved = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    engine.backward(engine(x).float().mean()); engine.step()
+    accelerator = types.SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, _models=[engine],
+                                        _optimizers=[], _schedulers=[], scaler=None, process_index=0)
+    state._restore(accelerator, path)
+    assert all(torch.equal(saved[k], v) for k, v in engine.module.state_dict().items()), stage
+    torch.save(PlantsMarker(marker), path / "pytorch_model" / "mp_rank_00_model_states.pt")
+    try:
+        state._restore(accelerator, path)
+    except Exception as e:
+        print("refused:", type(e).__name__)
+print("resumed ZeRO-1 and ZeRO-2 weights-only")
+"""
+
+
+@pytest.mark.slow
+def test_a_deepspeed_checkpoint_resumes_weights_only(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    repo = Path(__file__).resolve().parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    marker = tmp_path / "marker"
+    script = ("class PlantsMarker:\n    def __init__(self, m): self.m = m\n"
+              "    def __reduce__(self): return (open, (self.m, 'w'))\n" + DEEPSPEED_RESUME)
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(port), str(marker)], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "resumed ZeRO-1 and ZeRO-2 weights-only" in run.stdout
+    assert run.stdout.count("refused:") == 2 and not marker.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import socket
 import sys
@@ -274,3 +275,73 @@ def test_deepspeed_version_only_when_used():
     assert tags["ntire.version.deepspeed"]  # its version, or "none" where it is not installed
     assert "deepspeed" not in sys.modules or tags["ntire.version.deepspeed"] != "none"
     assert tags["ntire.world_size"] == "2" and tags["ntire.precision"] == "bf16"
+
+
+def test_every_shipped_config_draws_at_least_50_points():
+    # The demo once set log_every 25 over 800 steps: 32 points, not the README's 50.
+    from ntire.config import build_config as build
+    from ntire.training.fit import log_interval
+
+    configs = sorted((Path(tracking.__file__).parents[1] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = build(str(path), {"data": {"source": "x"}})
+        every = log_interval(config)
+        assert len(set(range(every, config.max_steps + 1, every)) | {config.max_steps}) >= 50, path.name
+
+
+def test_a_resumed_run_does_not_log_the_redone_steps_twice(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    config = TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with start_tracking(config, run_name="r", output_dir=tmp_path) as first:
+        for step in range(1, 9):  # killed after step 8; its checkpoint was at step 4
+            first.log_metrics({"train/loss": float(step)}, step)
+        first.log_metrics({"psnr_x2": 30.0}, 6)
+    with start_tracking(config, run_name="r", output_dir=tmp_path, resume_run_id=first.run_id) as second:
+        assert second.resumed
+        for step in range(5, 13):
+            second.log_metrics({"train/loss": float(step)}, step)
+        second.log_metrics({"psnr_x2": 30.0}, 6)
+        second.log_metrics({"psnr_x2": 31.0}, 12)
+    client = MlflowClient(config.uri)
+    assert sorted(m.step for m in client.get_metric_history(first.run_id, "train/loss")) == list(range(1, 13))
+    assert sorted(m.step for m in client.get_metric_history(first.run_id, "psnr_x2")) == [6, 12]
+
+
+def test_resuming_trims_the_metrics_log_to_the_checkpoint(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    records = [{"step": s, "train/loss": 1.0 / s} for s in range(1, 9)] + [{"step": 6, "psnr_x2": 30.0}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 9, "train/lo')  # killed mid-line
+    tracking.trim_metrics_log(log, 4)
+    assert [json.loads(line) for line in log.read_text().splitlines()] == records[:4]
+    tracking.trim_metrics_log(tmp_path / "none.jsonl", 4)  # no log yet: nothing to do
+    assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_a_full_disk_while_logging_metrics_is_one_line_naming_the_log(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from ntire.errors import WriteError
+
+    class Full:
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            return False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a real write: no file name
+
+    log = tmp_path / "metrics.jsonl"
+    tracking.append_metrics_log(log, {"step": 1, "train/loss": 0.5})
+    monkeypatch.setattr(tracking, "open", Full, raising=False)
+    with pytest.raises(WriteError) as failed:
+        tracking.append_metrics_log(log, {"step": 2, "train/loss": 0.4})
+    assert str(failed.value) == f"{log}: cannot write (No space left on device)"
