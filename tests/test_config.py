@@ -116,7 +116,8 @@ def test_set_overrides_a_model_field():
         (("--set", "nonsense"), "KEY=VALUE"),
         (("--config", "no_such_config"), "no_such_config"),
         (("--set", "mixed_precision=fp8"), "mixed_precision"),
-        (("--model", "edsr", "--scale", "2", "3"), "exactly one scale"),
+        (("--model", "edsr", "--scale", "2", "3"), "EDSR models have exactly one scale"),
+        (("--set", "model.kind=rcan"), r"options\.model: model kind 'rcan' is not a known network; known: edsr, mdsr$"),
     ],
 )
 def test_bad_options_name_the_culprit(argv, named):
@@ -166,3 +167,14 @@ def test_train_script_runs_as_a_file_and_prints_its_config():
     )
     assert out.returncode == 0, out.stderr
     assert "max_steps: 7" in out.stdout and "n_feats: 64" in out.stdout
+
+
+def test_the_config_and_the_command_line_import_no_torch():
+    # The kinds are checked against the table of networks, whose modules import torch: only when
+    # a config is built, so `ntire --help` stays fast.
+    code = ("import sys, ntire.config, ntire.options, ntire.__main__; "
+            "ntire.__main__.build_parser(); print('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"

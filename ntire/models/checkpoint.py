@@ -184,7 +184,7 @@ def init_from(
     """
     model = unwrap(model)
     own_role = network_of(config.kind).role
-    source = {_source_role(k): v for k, v in source_state_dict.items()}
+    source = _by_role(source_state_dict)
     own = model.state_dict()
     transferred: list[str] = []
     skipped: list[str] = []
@@ -214,14 +214,15 @@ def init_from(
     return InitReport(transferred=transferred, skipped=skipped, reasons=reasons)
 
 
-def _source_role(key: str) -> str:
-    # A state_dict does not say which network it came from: its keys are named by the first
-    # network whose layout names them (the layouts' role patterns do not overlap).
-    for network in NETWORKS.values():
-        role = network.role(key)
-        if role != key:
-            return role
-    return key
+def _by_role(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # A state_dict does not say which network it came from, so each tensor is filed under its own
+    # key (a source of the target's layout matches key for key) and under the role every network's
+    # layout would give it; a target key looks up its own network's role among these.
+    by_role = dict(state_dict)
+    for key, value in state_dict.items():
+        for network in NETWORKS.values():
+            by_role.setdefault(network.role(key), value)
+    return by_role
 
 
 __all__ = ["InitReport", "SavedModel", "init_from", "load_model", "read_metadata", "save_model"]
