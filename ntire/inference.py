@@ -27,11 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ntire.config import ModelConfig
 from ntire.errors import ConfigError
 from ntire.models.build import activation_elements_per_pixel, receptive_field_radius
+from ntire.models.network import SRNetwork
 
 Forward = Callable[[Tensor], Tensor]
 """A batched image-to-image function: (N, C, h, w) -> (N, C', h*scale, w*scale)."""
@@ -470,7 +471,7 @@ _self_ensemble = self_ensemble  # reachable inside functions whose flag is named
 
 
 def upscale_tensor(
-    model: nn.Module,
+    model: SRNetwork,
     x: Tensor,
     *,
     scale: int,
@@ -537,7 +538,7 @@ def upscale_tensor(
 
 
 def upscale_image(
-    model: nn.Module,
+    model: SRNetwork,
     config: ModelConfig | None,
     image: np.ndarray,
     *,
