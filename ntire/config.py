@@ -7,9 +7,11 @@ and the tracking params. A run's settings come in three layers, each overriding 
 the dataclass defaults (the paper's recipe, with a data source and step budget sized for a
 2-core machine), a YAML file (`--config`, e.g. one shipped in ntire/configs/), and command-line
 options. `build_config` merges them and validates the result; variants are made with
-`dataclasses.replace`.
+`dataclasses.replace`. The model's architecture (`ModelConfig`, the presets) is defined with the
+networks, in ntire/models/config.py, and re-exported here.
 
-This module imports no torch, so the CLI and config tests stay fast.
+This module imports no torch, so the CLI and config tests stay fast (checking a model's `kind`
+imports the table of networks, hence torch, when a config is first built).
 """
 
 from __future__ import annotations
@@ -26,87 +28,19 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from ntire.errors import ConfigError, one_line
+from ntire.fields import flag as flag  # re-exported: config modules declare flags with it
 from ntire.files import atomic_write_text
+
+# The architecture lives with the networks (ntire/models/config.py); re-exported so that
+# `from ntire.config import ModelConfig` and the like keep working.
+from ntire.models.config import MODEL_PRESETS as MODEL_PRESETS
+from ntire.models.config import SUPPORTED_SCALES as SUPPORTED_SCALES
+from ntire.models.config import ModelConfig as ModelConfig
+from ntire.models.config import expand_model as expand_model
+from ntire.models.network import DIV2K_RGB_MEAN as DIV2K_RGB_MEAN
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 """The YAML configurations shipped with the package (`--config demo` finds `demo.yaml` here)."""
-
-DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
-"""Mean RGB of DIV2K train (0-1), subtracted inside every network."""
-
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "edsr-baseline": dict(kind="edsr", n_blocks=16, n_feats=64, res_scale=1.0),
-    "edsr": dict(kind="edsr", n_blocks=32, n_feats=256, res_scale=0.1),
-    "mdsr-baseline": dict(kind="mdsr", n_blocks=16, n_feats=64, res_scale=1.0),
-    "mdsr": dict(kind="mdsr", n_blocks=80, n_feats=64, res_scale=1.0),
-}
-"""The paper's four networks; `ModelConfig.preset` builds a config from one of these names."""
-
-SUPPORTED_SCALES = (2, 3, 4)
-
-
-def flag(*names: str, metavar: str | None = None) -> dict[str, Any]:
-    """Field metadata for the command line: the short flag(s) a field also answers to besides its
-    dotted name (`--batch-size` besides `--data.batch-size`), and the value's metavar."""
-    return {"flags": names, "metavar": metavar}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of one EDSR or MDSR network; everything needed to rebuild it from weights."""
-
-    kind: Literal["edsr", "mdsr"] = "edsr"
-    """Network family: `edsr` (one scale) or `mdsr` (shared body, one branch per scale)."""
-
-    scales: tuple[int, ...] = field(default=(2,), metadata=flag("--scale", metavar="S"))
-    """Upscaling factors. EDSR has exactly one; MDSR one pre-processing and upsampling branch each."""
-
-    n_blocks: int = 16
-    """Residual blocks in the body (B in the paper)."""
-
-    n_feats: int = 64
-    """Feature channels (F in the paper)."""
-
-    res_scale: float = 1.0
-    """Residual scaling applied inside each block (0.1 for the wide EDSR, 1 otherwise)."""
-
-    rgb_range: float = 255.0
-    """Pixel range of the network's input and output (the paper uses 0-255)."""
-
-    rgb_mean: tuple[float, float, float] = DIV2K_RGB_MEAN
-    """Per-channel mean (0-1) subtracted at the input and added back at the output."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "scales", tuple(int(s) for s in self.scales))
-        object.__setattr__(self, "rgb_mean", tuple(float(m) for m in self.rgb_mean))
-        if self.kind not in ("edsr", "mdsr"):
-            raise ConfigError(f"model kind must be 'edsr' or 'mdsr', got {self.kind!r}")
-        if not self.scales or any(s not in SUPPORTED_SCALES for s in self.scales):
-            raise ConfigError(f"model scales must be drawn from {SUPPORTED_SCALES}, got {self.scales}")
-        if len(set(self.scales)) != len(self.scales):
-            raise ConfigError(f"model scales repeat: {self.scales}")
-        if self.kind == "edsr" and len(self.scales) != 1:
-            raise ConfigError(f"an EDSR model has exactly one scale, got {self.scales}")
-        if self.n_blocks < 1 or self.n_feats < 1:
-            raise ConfigError(f"n_blocks and n_feats must be positive, got {self.n_blocks}, {self.n_feats}")
-        if len(self.rgb_mean) != 3:
-            raise ConfigError(f"rgb_mean needs 3 values, got {self.rgb_mean}")
-
-    @classmethod
-    def preset(cls, name: str, scales: int | tuple[int, ...] | None = None, **overrides: Any) -> ModelConfig:
-        """The paper's network `name` (see MODEL_PRESETS) at `scales` (default 2, MDSR 2, 3, 4)."""
-        data: dict[str, Any] = {"preset": name, **overrides}
-        if scales is not None:
-            data["scales"] = (scales,) if isinstance(scales, int) else tuple(scales)
-        return cls(**expand_model(data, "model"))
-
-    @property
-    def name(self) -> str:
-        """Short name: the preset this matches (e.g. `edsr-baseline`), else `<kind>-b<B>f<F>`."""
-        for preset, fields in MODEL_PRESETS.items():
-            if all(getattr(self, k) == v for k, v in fields.items()):
-                return preset
-        return f"{self.kind}-b{self.n_blocks}f{self.n_feats}"
 
 
 @dataclass(frozen=True)
@@ -548,21 +482,6 @@ def field_docs(cls: type) -> dict[str, str]:
                 and isinstance(after.value.value, str)):
             docs[node.target.id] = " ".join(after.value.value.split())
     return docs
-
-
-def expand_model(data: Any, where: str) -> Any:
-    """Expand `{preset: NAME, ...}` in a model mapping into the preset's explicit fields."""
-    if not isinstance(data, dict) or "preset" not in data:
-        return data
-    data = dict(data)
-    name = data.pop("preset")
-    if name not in MODEL_PRESETS:
-        raise ConfigError(f"{where}.preset: unknown model {name!r}; choose from {', '.join(MODEL_PRESETS)}")
-    fields = dict(MODEL_PRESETS[name])
-    if "scales" not in data:
-        data["scales"] = [2, 3, 4] if fields["kind"] == "mdsr" else [2]
-    fields.update(data)
-    return fields
 
 
 def resolve_shipped(name: str | os.PathLike, folder: Path, what: str, plural: str) -> Path:

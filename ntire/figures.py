@@ -37,9 +37,6 @@ _BACKGROUND = (255, 255, 255)
 _MIN_SCORED = 11
 """SSIM's window: the least side of a scored region."""
 
-PAPER_NAMES = {"edsr-baseline": "EDSR-baseline", "edsr": "EDSR", "mdsr-baseline": "MDSR-baseline", "mdsr": "MDSR"}
-"""ModelConfig.name -> the paper's spelling."""
-
 
 # --------------------------------------------------------------------------------------------
 # Boxes
@@ -132,9 +129,14 @@ def score_box(sr: np.ndarray, hr: np.ndarray, box: Box, *, scale: int, protocol:
 
 
 def model_label(name: str, *, scale: int | None = None, plus: bool = False) -> str:
-    """`edsr-baseline` -> `EDSR-baseline`, with `+` for self-ensemble and ` x2` for the scale."""
+    """`edsr-baseline` -> `EDSR-baseline` (the network's display name, then the rest of the
+    ModelConfig.name), with `+` for self-ensemble and ` x2` for the scale."""
+    # Imported here: the table of networks imports torch, which drawing a figure does not need.
+    from ntire.models.networks import NETWORKS
+
     kind, _, rest = name.partition("-")
-    base = PAPER_NAMES.get(name, kind.upper() + (f"-{rest}" if rest else ""))
+    base = NETWORKS[kind].display_name if kind in NETWORKS else kind.upper()
+    base += f"-{rest}" if rest else ""
     return base + ("+" if plus else "") + (f" x{scale}" if scale is not None else "")
 
 
@@ -344,7 +346,6 @@ def _zoom_text(box: Box, tile: int) -> str:
 __all__ = [
     "BOX_COLOUR",
     "Box",
-    "PAPER_NAMES",
     "Panel",
     "check_box",
     "comparison_figure",

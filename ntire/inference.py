@@ -27,11 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ntire.config import ModelConfig
 from ntire.errors import ConfigError
-from ntire.models.build import receptive_field_radius
+from ntire.models.build import activation_elements_per_pixel, receptive_field_radius
+from ntire.models.network import SRNetwork
 
 Forward = Callable[[Tensor], Tensor]
 """A batched image-to-image function: (N, C, h, w) -> (N, C', h*scale, w*scale)."""
@@ -273,25 +274,13 @@ def normalize_tile(tile: Tile) -> int | str | None:
 
 
 def activation_bytes_per_pixel(config: ModelConfig, scale: int, dtype: torch.dtype = torch.float32) -> int:
-    """Bytes that one image of a forward batch holds at the pass's peak, per LR pixel of its input.
+    """Bytes that one image of a forward batch holds at the pass's peak, per LR pixel of its input:
+    the network's own count of elements (its `activation_elements_per_pixel`, ntire/models/; for
+    EDSR and MDSR `ntire.models.blocks.residual_sr_peak_elements`) times the element size.
 
-    With F = `config.n_feats` and s = `scale`, the peak is in the upsampler's last step (a residual
-    block only ever holds 4 feature maps: the global skip, its input, and its two convs' outputs).
-    There the head's output (the global skip, F channels) and the body's output (F) are still
-    referenced while the last sub-pixel conv writes s^2 F channels of the coarser grid and
-    PixelShuffle copies them into the finer one (s^2 F more): (2 + 2 s^2) F channels per LR pixel,
-    10F at x2, 20F at x3, 34F at x4 (x4's first x2 step holds less). Add the batch's input (3),
-    slack for MeanShift's copies (3), and the output that self-ensemble accumulates per tile (3 s^2;
-    small, so counted with or without self-ensemble):
-
-        bytes per LR pixel = ((2 + 2 s^2) F + 3 s^2 + 6) x bytes per element
-
-    This counts tensors, not workspace: `estimate_memory` multiplies by SAFETY_FACTOR. The tensor
-    count is exact for EDSR and MDSR, whose pre-processing blocks also hold 4 maps at most (a test
-    measures it).
+    This counts tensors, not workspace: `estimate_memory` multiplies by SAFETY_FACTOR.
     """
-    s2 = scale * scale
-    return ((2 + 2 * s2) * config.n_feats + 3 * s2 + 6) * dtype.itemsize
+    return activation_elements_per_pixel(config, scale) * dtype.itemsize
 
 
 def estimate_memory(
@@ -482,7 +471,7 @@ _self_ensemble = self_ensemble  # reachable inside functions whose flag is named
 
 
 def upscale_tensor(
-    model: nn.Module,
+    model: SRNetwork,
     x: Tensor,
     *,
     scale: int,
@@ -549,7 +538,7 @@ def upscale_tensor(
 
 
 def upscale_image(
-    model: nn.Module,
+    model: SRNetwork,
     config: ModelConfig | None,
     image: np.ndarray,
     *,

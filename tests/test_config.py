@@ -116,7 +116,8 @@ def test_set_overrides_a_model_field():
         (("--set", "nonsense"), "KEY=VALUE"),
         (("--config", "no_such_config"), "no_such_config"),
         (("--set", "mixed_precision=fp8"), "mixed_precision"),
-        (("--model", "edsr", "--scale", "2", "3"), "exactly one scale"),
+        (("--model", "edsr", "--scale", "2", "3"), "EDSR models have exactly one scale"),
+        (("--set", "model.kind=rcan"), r"options\.model: model kind 'rcan' is not a known network; known: edsr, mdsr$"),
     ],
 )
 def test_bad_options_name_the_culprit(argv, named):
@@ -172,3 +173,14 @@ def test_an_unknown_key_with_a_preset_and_overrides_names_the_options_once():
     with pytest.raises(ConfigError) as e:
         build_config("demo", {"optim": {"lrr": 1}}, model="edsr-baseline")
     assert str(e.value).count("with command-line options") == 1 and "lrr" in str(e.value)
+
+
+def test_the_config_and_the_command_line_import_no_torch():
+    # The kinds are checked against the table of networks, whose modules import torch: only when
+    # a config is built, so `ntire --help` stays fast.
+    code = ("import sys, ntire.config, ntire.options, ntire.__main__; "
+            "ntire.__main__.build_parser(); print('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"

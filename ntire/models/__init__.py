@@ -1,18 +1,8 @@
-"""EDSR and MDSR exactly as the paper and the authors' released checkpoints define them."""
+"""The networks (EDSR and MDSR exactly as the paper and the authors' released checkpoints define
+them), their configs and checkpoints.
 
-from ntire.models.blocks import MeanShift, ResBlock, Upsampler
-from ntire.models.build import build_model, count_parameters, receptive_field_radius, unwrap
-from ntire.models.edsr import EDSR
-from ntire.models.mdsr import MDSR
-
-__all__ = [
-    "EDSR",
-    "MDSR",
-    "MeanShift",
-    "ResBlock",
-    "Upsampler",
-    "build_model",
-    "count_parameters",
-    "receptive_field_radius",
-    "unwrap",
-]
+networks.py holds the table of networks by kind; network.py what each declares and the interface
+(`SRNetwork`) training and inference call it through; config.py the architecture config and
+presets; build.py builds one from its config. Nothing is imported here, so that the config (and
+with it `ntire --help`) can be imported without torch.
+"""

@@ -8,7 +8,9 @@ upsampler), so released files load with `strict=True`.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -91,6 +93,55 @@ class ResBlock(nn.Module):
         return res.add_(x)
 
 
+def upsampling_steps(scale: int) -> list[int]:
+    """The factors the Upsampler's sub-pixel convs upscale by in turn: x4 is two x2 steps."""
+    if scale in (2, 4):
+        return [2] * (scale // 2)
+    if scale == 3:
+        return [3]
+    raise ValueError(f"upsampling scale must be 2, 3 or 4, got {scale}")
+
+
+def reach_through_tail(reach: Fraction | int, scale: int) -> int:
+    """The receptive-field radius, in LR pixels, of a network whose features reach `reach` LR
+    pixels before an Upsampler and one 3x3 conv at the output grid (EDSR's and MDSR's tail).
+
+    Each conv of the upsampler reaches one pixel of its own grid, 1/grid LR pixels; so does the
+    last conv at the output grid. The fractional part is rounded up, since an output pixel at the
+    edge of its LR cell reaches into the neighbouring cell.
+    """
+    r = Fraction(reach)
+    grid = 1
+    for step in upsampling_steps(scale):
+        r += Fraction(1, grid)  # upsampler conv at the current grid
+        grid *= step
+    r += Fraction(1, grid)  # tail conv at the output grid
+    return math.ceil(r)
+
+
+def residual_sr_peak_elements(n_feats: int, scale: int) -> int:
+    """Elements one image of a forward batch holds at the peak of a pass through a residual
+    network with a global skip, an Upsampler and a tail conv (EDSR, MDSR), per LR pixel.
+
+    With F = `n_feats` and s = `scale`, the peak is in the upsampler's last step (a residual block
+    only ever holds 4 feature maps: the global skip, its input, and its two convs' outputs). There
+    the head's output (the global skip, F channels) and the body's output (F) are still
+    referenced while the last sub-pixel conv writes s^2 F channels of the coarser grid and
+    PixelShuffle copies them into the finer one (s^2 F more): (2 + 2 s^2) F channels per LR pixel,
+    10F at x2, 20F at x3, 34F at x4 (x4's first x2 step holds less). Add the batch's input (3),
+    slack for MeanShift's copies (3), and the output that self-ensemble accumulates per tile (3 s^2;
+    small, so counted with or without self-ensemble):
+
+        elements per LR pixel = (2 + 2 s^2) F + 3 s^2 + 6
+
+    This counts tensors, not workspace (ntire.inference.estimate_memory adds a safety factor). The
+    count is exact for EDSR and MDSR, whose pre-processing blocks also hold 4 maps at most (a test
+    measures it).
+    """
+    s2 = scale * scale
+    return (2 + 2 * s2) * n_feats + 3 * s2 + 6
+
+
 class Upsampler(nn.Sequential):
     """Sub-pixel upsampler: [conv(F->4F), PixelShuffle(2)] once (x2) or twice (x4), or
     [conv(F->9F), PixelShuffle(3)] (x3). No activation.
@@ -101,14 +152,8 @@ class Upsampler(nn.Sequential):
     """
 
     def __init__(self, n_feats: int, scale: int) -> None:
-        if scale in (2, 4):
-            steps = [2] * (scale // 2)
-        elif scale == 3:
-            steps = [3]
-        else:
-            raise ValueError(f"upsampling scale must be 2, 3 or 4, got {scale}")
         layers: list[nn.Module] = []
-        for s in steps:
+        for s in upsampling_steps(scale):
             layers += [conv(n_feats, s * s * n_feats, 3), nn.PixelShuffle(s)]
         super().__init__(*layers)
         self.scale = scale

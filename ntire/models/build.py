@@ -2,52 +2,27 @@
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
-
 from torch import nn
 
-from ntire.config import ModelConfig
-from ntire.models.edsr import EDSR
-from ntire.models.mdsr import MDSR
+from ntire.models.config import ModelConfig, network_of
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """The EDSR or MDSR network `config` describes, freshly initialised (PyTorch defaults)."""
-    common = dict(
-        n_blocks=config.n_blocks,
-        n_feats=config.n_feats,
-        res_scale=config.res_scale,
-        rgb_range=config.rgb_range,
-        rgb_mean=config.rgb_mean,
-    )
-    if config.kind == "mdsr":
-        return MDSR(scales=config.scales, **common)
-    return EDSR(scale=config.scales[0], **common)
+    """The network `config` describes (an SRNetwork), freshly initialised (PyTorch defaults)."""
+    return network_of(config.kind).build(config)
 
 
 def receptive_field_radius(config: ModelConfig) -> int:
-    """How far, in LR pixels, an output pixel can see from the LR pixel it lies in.
+    """How far, in LR pixels, an output pixel can see from the LR pixel it lies in (the largest
+    over the config's scales). Tiles that overlap by at least this much give the same output as
+    the whole image. Each network derives its own (e.g. `ntire.models.edsr.receptive_field`)."""
+    return network_of(config.kind).receptive_field(config)
 
-    Sums every conv's (k-1)/2 along the path: head 1, MDSR pre-processing 4 x 2, two per block,
-    body conv 1, then the upsampler and tail convs, whose reach in their finer grid is divided by
-    that grid's factor. The fractional part is rounded up, since an output pixel at the edge of its
-    LR cell reaches into the neighbouring cell. For MDSR, the largest over its scales. Tiles that
-    overlap by at least this much give the same output as the whole image.
-    """
-    radii = []
-    for scale in config.scales:
-        r = Fraction(1)  # head
-        if config.kind == "mdsr":
-            r += 4 * 2  # two 5x5 residual blocks
-        r += 2 * config.n_blocks + 1  # blocks, body conv
-        grid = 1
-        for step in ([2] * (scale // 2)) if scale in (2, 4) else [scale]:
-            r += Fraction(1, grid)  # upsampler conv at the current grid
-            grid *= step
-        r += Fraction(1, grid)  # tail conv at the output grid
-        radii.append(math.ceil(r))
-    return max(radii)
+
+def activation_elements_per_pixel(config: ModelConfig, scale: int) -> int:
+    """Elements one image of a forward batch at `scale` holds at the pass's peak, per LR pixel of
+    its input: the network's own memory model (e.g. `ntire.models.blocks.residual_sr_peak_elements`)."""
+    return network_of(config.kind).activation_elements_per_pixel(config, scale)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -13,7 +13,6 @@ x3/x4 (or MDSR) model from a trained x2 one, as the paper does.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from ntire.config import ModelConfig, load_yaml, save_yaml, to_dict
 from ntire.errors import CheckpointError, NtireError
 from ntire.files import atomic_path
 from ntire.models.build import build_model, unwrap
+from ntire.models.config import network_of
+from ntire.models.networks import NETWORKS
 from ntire.models.official import check_weights, load_released, load_weights
 
 WEIGHTS_NAME = "model.safetensors"
@@ -175,20 +176,22 @@ def init_from(
 ) -> InitReport:
     """Copy a trained (typically x2) network's weights into `model`, except its upsampler.
 
-    Tensors are matched by role, so an EDSR source also initialises an MDSR's head, body and final
-    conv (`tail.1` -> `tail.0`). Upsampler tensors are never transferred, whatever their shape
-    (the paper retrains them); nor are tensors whose shape differs or that the source lacks (e.g.
-    MDSR pre-processing from an EDSR). Raises CheckpointError if not even the body was transferred.
+    Tensors are matched by role (each network's `role`, ntire/models/network.py), so an EDSR source
+    also initialises an MDSR's head, body and final conv (`tail.1` -> `tail.0`). Upsampler tensors
+    are never transferred, whatever their shape (the paper retrains them); nor are tensors whose
+    shape differs or that the source lacks (e.g. MDSR pre-processing from an EDSR). Raises
+    CheckpointError if not even the body was transferred.
     """
     model = unwrap(model)
-    source = {_role(k): v for k, v in source_state_dict.items()}
+    own_role = network_of(config.kind).role
+    source = _by_role(source_state_dict)
     own = model.state_dict()
     transferred: list[str] = []
     skipped: list[str] = []
     reasons: dict[str, str] = {}
     updates: dict[str, torch.Tensor] = {}
     for key, tensor in own.items():
-        role = _role(key)
+        role = own_role(key)
         if role.startswith("upsampler."):
             reasons[key] = "upsampler (retrained for the new scale)"
         elif role not in source:
@@ -211,21 +214,15 @@ def init_from(
     return InitReport(transferred=transferred, skipped=skipped, reasons=reasons)
 
 
-# Keys named by what they do, so EDSR and MDSR layouts can be matched against each other.
-_ROLES = (
-    (re.compile(r"tail\.0\.(\d+\..*)"), "upsampler.{}"),  # EDSR upsampler
-    (re.compile(r"tail\.1\.(.*)"), "final.{}"),  # EDSR last conv
-    (re.compile(r"upsample\.(\d+\..*)"), "upsampler.{}"),  # MDSR upsamplers
-    (re.compile(r"tail\.0\.(weight|bias)"), "final.{}"),  # MDSR last conv
-)
-
-
-def _role(key: str) -> str:
-    for pattern, role in _ROLES:
-        m = pattern.fullmatch(key)
-        if m:
-            return role.format(m.group(1))
-    return key
+def _by_role(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # A state_dict does not say which network it came from, so each tensor is filed under its own
+    # key (a source of the target's layout matches key for key) and under the role every network's
+    # layout would give it; a target key looks up its own network's role among these.
+    by_role = dict(state_dict)
+    for key, value in state_dict.items():
+        for network in NETWORKS.values():
+            by_role.setdefault(network.role(key), value)
+    return by_role
 
 
 __all__ = ["InitReport", "SavedModel", "init_from", "load_model", "read_metadata", "save_model"]

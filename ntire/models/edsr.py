@@ -4,17 +4,28 @@ Data flow: subtract mean -> head conv -> body (B residual blocks, one conv, plus
 from the head) -> upsampler -> tail conv -> add mean. Attribute names reproduce the authors'
 released keys (`sub_mean`, `head.0`, `body.{i}.body.{0,2}`, `body.{B}`, `tail.0.{0,2}`, `tail.1`,
 `add_mean`).
+
+Beside the class, `NETWORK` gives what the rest of ntire needs to know about it (ntire/models/
+network.py): its builder, receptive field, activation memory, init-from roles and name.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ntire.config import DIV2K_RGB_MEAN
-from ntire.models.blocks import MeanShift, ResBlock, Upsampler, conv
+from ntire.models.blocks import (
+    MeanShift,
+    ResBlock,
+    Upsampler,
+    conv,
+    reach_through_tail,
+    residual_sr_peak_elements,
+)
+from ntire.models.network import DIV2K_RGB_MEAN, Architecture, Network
 
 
 class EDSR(nn.Module):
@@ -66,3 +77,48 @@ class EDSR(nn.Module):
         res = self.body(x)
         res += x
         return self.add_mean(self.tail(res))
+
+
+def build(config: Architecture) -> EDSR:
+    """The EDSR `config` describes, freshly initialised (PyTorch defaults)."""
+    return EDSR(
+        scale=config.scales[0],
+        n_blocks=config.n_blocks,
+        n_feats=config.n_feats,
+        res_scale=config.res_scale,
+        rgb_range=config.rgb_range,
+        rgb_mean=config.rgb_mean,
+    )
+
+
+def receptive_field(config: Architecture) -> int:
+    """Every conv's (k-1)/2 along the path: head 1, two per block, body conv 1, then the upsampler
+    and tail convs at their finer grids."""
+    return reach_through_tail(1 + 2 * config.n_blocks + 1, config.scales[0])
+
+
+def activation_elements_per_pixel(config: Architecture, scale: int) -> int:
+    """Peak elements per LR pixel of a forward pass (see `residual_sr_peak_elements`)."""
+    return residual_sr_peak_elements(config.n_feats, scale)
+
+
+_UPSAMPLER = re.compile(r"tail\.0\.(\d+\..*)")
+_FINAL = re.compile(r"tail\.1\.(.*)")
+
+
+def role(key: str) -> str:
+    """`tail.0.*` is the upsampler, `tail.1.*` the final conv (MDSR's `tail.0`); the rest as named."""
+    if m := _UPSAMPLER.fullmatch(key):
+        return f"upsampler.{m.group(1)}"
+    if m := _FINAL.fullmatch(key):
+        return f"final.{m.group(1)}"
+    return key
+
+
+NETWORK = Network(
+    display_name="EDSR",
+    build=build,
+    receptive_field=receptive_field,
+    activation_elements_per_pixel=activation_elements_per_pixel,
+    role=role,
+)

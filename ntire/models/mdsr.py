@@ -6,17 +6,28 @@ features) -> upsampler branch of s -> shared tail conv -> add mean. Only the bra
 requested scale run, so a training step on one scale neither computes nor updates the others.
 Attribute names reproduce the released keys (`pre_process.{k}.{0,1}.body.{0,2}`, `body.{i}`,
 `upsample.{k}.{j}`, `tail.0`), k indexing `scales` in order.
+
+Beside the class, `NETWORK` gives what the rest of ntire needs to know about it (ntire/models/
+network.py): its builder, receptive field, activation memory, init-from roles and name.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ntire.config import DIV2K_RGB_MEAN
-from ntire.models.blocks import MeanShift, ResBlock, Upsampler, conv
+from ntire.models.blocks import (
+    MeanShift,
+    ResBlock,
+    Upsampler,
+    conv,
+    reach_through_tail,
+    residual_sr_peak_elements,
+)
+from ntire.models.network import DIV2K_RGB_MEAN, Architecture, Network
 
 
 class MDSR(nn.Module):
@@ -75,3 +86,51 @@ class MDSR(nn.Module):
         res = self.body(x)
         res += x
         return self.add_mean(self.tail(self.upsample[k](res)))
+
+
+def build(config: Architecture) -> MDSR:
+    """The MDSR `config` describes, freshly initialised (PyTorch defaults)."""
+    return MDSR(
+        scales=config.scales,
+        n_blocks=config.n_blocks,
+        n_feats=config.n_feats,
+        res_scale=config.res_scale,
+        rgb_range=config.rgb_range,
+        rgb_mean=config.rgb_mean,
+    )
+
+
+def receptive_field(config: Architecture) -> int:
+    """Every conv's (k-1)/2 along the path: head 1, pre-processing 4 x 2 (two 5x5 blocks), two per
+    block, body conv 1, then the upsampler and tail convs at their finer grids; the largest over
+    the scales."""
+    return max(reach_through_tail(1 + 4 * 2 + 2 * config.n_blocks + 1, s) for s in config.scales)
+
+
+def activation_elements_per_pixel(config: Architecture, scale: int) -> int:
+    """Peak elements per LR pixel of a forward pass at `scale` (see `residual_sr_peak_elements`:
+    the pre-processing blocks hold no more than the body's)."""
+    return residual_sr_peak_elements(config.n_feats, scale)
+
+
+_UPSAMPLER = re.compile(r"upsample\.(\d+\..*)")
+_FINAL = re.compile(r"tail\.0\.(weight|bias)")
+
+
+def role(key: str) -> str:
+    """`upsample.*` are the upsamplers, `tail.0` the final conv (EDSR's `tail.1`); the rest as named."""
+    if m := _UPSAMPLER.fullmatch(key):
+        return f"upsampler.{m.group(1)}"
+    if m := _FINAL.fullmatch(key):
+        return f"final.{m.group(1)}"
+    return key
+
+
+NETWORK = Network(
+    display_name="MDSR",
+    build=build,
+    receptive_field=receptive_field,
+    activation_elements_per_pixel=activation_elements_per_pixel,
+    role=role,
+    multi_scale=True,
+)

@@ -44,6 +44,7 @@ from torch import nn
 from ntire.errors import ConfigError
 from ntire.files import atomic_write_text
 from ntire.models.build import unwrap
+from ntire.models.config import network_of
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -135,7 +136,7 @@ def accelerator_kwargs(config: TrainConfig) -> dict[str, Any]:
         "mixed_precision": config.mixed_precision,
         "gradient_accumulation_steps": config.optim.grad_accum,
     }
-    if config.model.kind == "mdsr":
+    if network_of(config.model.kind).multi_scale:
         # Each batch runs one scale's branches; DDP must not wait for the others' gradients.
         handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     if uses_deepspeed():

@@ -32,6 +32,7 @@ from torch import nn
 
 from ntire.config import ModelConfig, OptimConfig, TrainConfig
 from ntire.errors import CheckpointError
+from ntire.models.network import SRNetwork
 from ntire.training.losses import make_loss
 
 if TYPE_CHECKING:
@@ -270,7 +271,7 @@ class TrainStep:
     resets both at log points (`take_loss`), so no update waits for the device.
     """
 
-    def __init__(self, model: nn.Module, optimizer: Any, accelerator: Accelerator, config: TrainConfig):
+    def __init__(self, model: SRNetwork, optimizer: Any, accelerator: Accelerator, config: TrainConfig):
         self.model = model
         self.optimizer = optimizer
         self.accelerator = accelerator
@@ -352,7 +353,7 @@ class CapturedStep(TrainStep):
     `capture` is cuda_graph_capture(optimizer) on a GPU; tests pass one that replays eagerly.
     """
 
-    def __init__(self, model: nn.Module, optimizer: Any, accelerator: Accelerator, config: TrainConfig,
+    def __init__(self, model: SRNetwork, optimizer: Any, accelerator: Accelerator, config: TrainConfig,
                  *, capture: Capture | None = None, warmup: int = WARMUP_UPDATES):
         super().__init__(model, optimizer, accelerator, config)
         self.inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper adds nothing here
@@ -416,7 +417,7 @@ class CapturedStep(TrainStep):
             self.inner.zero_grad(set_to_none=True)
 
 
-def training_step(model: nn.Module, optimizer: Any, accelerator: Accelerator, config: TrainConfig, plan: StepPlan,
+def training_step(model: SRNetwork, optimizer: Any, accelerator: Accelerator, config: TrainConfig, plan: StepPlan,
                   *, lr: float) -> TrainStep:
     """The step `plan` says, over a prepared model and optimizer (resumed already, if resuming):
     the optimizer set up for it at learning rate `lr`, captured or eager."""

@@ -21,6 +21,7 @@ from torch import nn
 from ntire.config import ModelConfig, TrainConfig
 from ntire.figures import comparison_figure, model_label
 from ntire.metrics import Score, score
+from ntire.models.network import SRNetwork
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -125,7 +126,7 @@ def load_validation(
 
 
 def validate(
-    model: nn.Module,
+    model: SRNetwork,
     config: ModelConfig,
     images: Sequence[ValidationImage],
     *,

@@ -11,7 +11,7 @@ import yaml
 from ntire.__main__ import main
 from ntire.config import ModelConfig
 from ntire.errors import CheckpointError
-from ntire.models import build_model
+from ntire.models.build import build_model
 from ntire.models.checkpoint import init_from, load_model, read_metadata, save_model
 
 EDSR_X2 = ModelConfig(kind="edsr", scales=(2,), n_blocks=2, n_feats=8)

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from ntire.config import DIV2K_RGB_MEAN, ModelConfig
-from ntire.models import EDSR, build_model, count_parameters, receptive_field_radius
+from ntire.models.build import build_model, count_parameters, receptive_field_radius
+from ntire.models.edsr import EDSR
 
 # Released parameter counts as printed in the paper / model zoo.
 RELEASED = {

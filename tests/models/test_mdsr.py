@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from ntire.config import DIV2K_RGB_MEAN, ModelConfig
-from ntire.models import MDSR, build_model
+from ntire.models.build import build_model
+from ntire.models.mdsr import MDSR
 
 
 def tiny(**kw) -> MDSR:

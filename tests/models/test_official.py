@@ -5,7 +5,8 @@ import torch
 
 from ntire.config import DIV2K_RGB_MEAN, MODEL_PRESETS, ModelConfig
 from ntire.errors import CheckpointError
-from ntire.models import MeanShift, build_model
+from ntire.models.blocks import MeanShift
+from ntire.models.build import build_model
 from ntire.models.official import infer_config, load_released
 
 

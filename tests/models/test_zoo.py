@@ -18,7 +18,7 @@ from PIL import Image
 from ntire.__main__ import main
 from ntire.config import DIV2K_RGB_MEAN, ModelConfig
 from ntire.errors import CheckpointError
-from ntire.models import build_model
+from ntire.models.build import build_model
 from ntire.models.checkpoint import init_from, load_model, read_metadata
 from ntire.models.official import infer_config, load_released, load_released_file
 from ntire.models.zoo import read_zoo_file

@@ -302,6 +302,18 @@ def test_several_processes_without_gpu_ask_for_the_cpu(launch_env):
     assert not [h for h in accelerator_kwargs(config)["kwargs_handlers"] if isinstance(h, InitProcessGroupKwargs)]
 
 
+def test_a_multi_scale_network_lets_ddp_skip_the_other_branches(launch_env):
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    def unused(model: str) -> list[bool]:
+        kwargs = accelerator_kwargs(build_config(model=model, overrides={"data": {"source": "x"}}))
+        return [h.find_unused_parameters for h in kwargs["kwargs_handlers"]
+                if isinstance(h, DistributedDataParallelKwargs)]
+
+    assert unused("mdsr-baseline") == [True]  # MDSR's NETWORK says multi_scale
+    assert unused("edsr-baseline") == []
+
+
 def test_refuses_fewer_processes_than_launched(launch_env):
     fake = SimpleNamespace(num_processes=1, distributed_type="NO")
     check_world_size(fake)
