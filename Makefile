@@ -23,9 +23,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m ntire demo
 
-# The linter first: a few seconds, and CI (which runs `make test`) enforces it.
+# The linter first: a few seconds, and CI enforces it. Tiers: `make test` runs the fast one (every
+# test not marked slow: under 3 minutes on 2 cores); `make test TIER=all` runs everything (CI's
+# .ci/run does): the multi-process, DeepSpeed, Ray-cluster, MLflow-server, GPU-smoke and fault-soak tests.
+TIER ?= fast
+PYTEST_TIER_fast := -m "not slow"
+PYTEST_TIER_all :=
 test: lint
-	$(PY) -m pytest -q tests
+	@test -n "$(filter $(TIER),fast all)" || { echo "make test: TIER must be fast or all, got '$(TIER)'" >&2; exit 2; }
+	$(PY) -m pytest -q $(PYTEST_TIER_$(TIER)) tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

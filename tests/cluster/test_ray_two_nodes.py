@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # one Ray cluster of two nodes: tens of seconds
 
 from ray import tune  # noqa: E402
 

@@ -46,6 +46,7 @@ def test_edsr_to_the_named_file_verified(ort, checkpoints, tmp_path, capsys):
     assert _matches_checkpoint(out, checkpoints["edsr"], 2)
 
 
+@pytest.mark.slow
 def test_mdsr_gives_one_file_per_scale_and_scale_picks_one(ort, checkpoints, tmp_path):
     from ntire.models.onnx_export import read_onnx_metadata
 
@@ -62,6 +63,7 @@ def test_mdsr_gives_one_file_per_scale_and_scale_picks_one(ort, checkpoints, tmp
     assert read_onnx_metadata(tmp_path / "one" / "x3.onnx")["scale"] == "3"
 
 
+@pytest.mark.slow
 def test_folder_output_and_force(ort, checkpoints, tmp_path, capsys):
     from ntire.models.checkpoint import load_model
 

@@ -67,6 +67,7 @@ def test_edsr_runs_under_onnxruntime_at_two_sizes_and_matches_torch(ort, tmp_pat
     assert diff <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_every_mdsr_scale_is_its_own_file_and_matches_torch(ort, tmp_path):
     model = _model(MDSR)
     for scale in MDSR.scales:

@@ -138,6 +138,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run_exactly(dataset, tmp_path):
     from safetensors.torch import load_file
 
