@@ -138,9 +138,9 @@ def train_flops_per_patch(case: Case) -> float:
 def run_plain(case: Case) -> dict:
     """Time the bare loop; patches/s over `steps` updates after `warmup`."""
     import torch
-    import torch.nn.functional as F
 
     from ntire.models.build import build_model
+    from ntire.training.losses import l1
 
     option = OPTIONS[case.option]
     device = torch.device(case.device)
@@ -160,7 +160,7 @@ def run_plain(case: Case) -> dict:
         # As Accelerate does: autocast around the forward pass only, the loss in fp32.
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=option.bf16):
             sr = forward(lr)
-        loss = F.l1_loss(sr.float(), hr)
+        loss = l1(sr.float(), hr)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train_step on {device} ({where}), torch {torch.__version__}, {threads} threads, "
           f"fit() loader workers {workers}; load average {_load()} at start")
 
-    from ntire.training.fit import native_bf16
+    from ntire.training.setup import native_bf16
 
     bf16 = native_bf16() if args.bf16 is None else args.bf16
     if not bf16:

@@ -50,7 +50,7 @@ def rel_err(y, ref) -> float:
 def train_flops_per_patch(config, patch: int) -> float:
     """Analytic FLOPs of one training step per LR patch (ntire.training.step.training_tflop: 3 x the
     forward convolutions' 2*Cin*Cout*k*k per output pixel, at the config's largest scale)."""
-    from ntire.training.step import training_tflop
+    from ntire.training.setup import training_tflop
 
     return training_tflop(config, batch=1, patch=patch) * 1e12
 

@@ -68,7 +68,7 @@ def section_mdsr(run: Run, sec: Section) -> None:
     from ntire.data.stream import Batch
     from ntire.models.build import build_model
     from ntire.training.distributed import finish, make_accelerator
-    from ntire.training.fit import step_plan
+    from ntire.training.setup import step_plan
     from ntire.training.step import (
         WARMUP_UPDATES,
         conv_autotuning,

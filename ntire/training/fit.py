@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,8 +30,6 @@ from ntire.locks import hold_folder
 from ntire.models.build import count_parameters
 from ntire.training.distributed import (
     finish,
-    has_gpu,
-    launched_world_size,
     make_accelerator,
     mixed_precision,
     record_rank,
@@ -46,6 +43,7 @@ from ntire.training.inputs import (
     validation_root,
     validation_set,
 )
+from ntire.training.setup import StepPlan, native_bf16, resolve_channels_last, resolve_setup, step_plan
 from ntire.training.state import (
     Checkpoint,
     TrainState,
@@ -59,12 +57,9 @@ from ntire.training.state import (
     save_checkpoint,
 )
 from ntire.training.step import (
-    StepPlan,
     TrainStep,
     all_finite,
-    choose_setup,
     conv_autotuning,
-    eager_reason,
     learning_rate,
     make_optimizer,
     set_lr,
@@ -354,52 +349,6 @@ def fit(
 release_accelerator = finish
 
 
-def native_bf16() -> bool:
-    """Whether the training device computes bf16 natively (fast) rather than by emulation."""
-    if has_gpu() and os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() not in ("1", "true", "yes", "on"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    # Private probes, guarded: without AVX512-BF16 or AMX, CPU bf16 convolutions are emulated
-    # (measured over 10x slower than fp32 on an AVX2-only EPYC).
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(probe() for probe in probes if probe is not None)
-
-
-def resolve_setup(config: TrainConfig, accelerator: Accelerator | None) -> tuple[TrainConfig, str]:
-    """`config` with `auto` precision and an unset layout resolved to what is fastest for its model
-    on the device this launch gives it (ntire.training.step.choose_setup), and why."""
-    if config.mixed_precision == "auto":
-        launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
-        if launcher in ("bf16", "fp16", "fp8"):  # `accelerate launch --mixed_precision X` asked
-            return dataclasses.replace(config, mixed_precision=None), f"precision {launcher} as accelerate launch says"
-    if accelerator is not None:
-        device, processes = accelerator.device.type, accelerator.num_processes
-        deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
-    else:
-        cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes", "on")
-        device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
-        processes, deepspeed = launched_world_size(), uses_deepspeed()
-    precision, channels_last, why = choose_setup(config, device=device, processes=processes, deepspeed=deepspeed,
-                                                 native_bf16=native_bf16)
-    return dataclasses.replace(config, mixed_precision=precision, channels_last=channels_last), why
-
-
-def step_plan(config: TrainConfig, accelerator: Accelerator, setup_why: str) -> StepPlan:
-    """How this run's updates are computed: captured where it can be, else eager and why."""
-    device = accelerator.device.type
-    deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
-    precision = mixed_precision(accelerator)
-    eager = eager_reason(device=device, capture=config.capture, processes=accelerator.num_processes,
-                         deepspeed=deepspeed, precision=precision, compiled=config.compile)
-    return StepPlan(
-        device=device,
-        precision=precision,
-        channels_last=bool(config.channels_last),
-        captured=eager is None,
-        why="; ".join(x for x in (eager, setup_why) if x),
-        fused_adam=device == "cuda" and not deepspeed,  # DeepSpeed wraps the optimizer its own way
-    )
-
-
 def log_interval(config: TrainConfig) -> int:
     """Updates between two logs of loss, lr and patches/s: `config.log_every`, or by default
     max(1, min(25, max_steps // 50)), so that a run logs at least every 25 updates and draws a
@@ -434,14 +383,6 @@ def _tracking_line(tracker: Tracker, config: TrainConfig) -> str:
     if not config.tracking.enabled:
         return "MLflow tracking off (tracking.enabled is false)"
     return "MLflow tracking off for this run (see above)"
-
-
-def resolve_channels_last(asked: bool | None, precision: str, native_bf16: Callable[[], bool]) -> bool:
-    """`channels_last` as a run uses it: as asked, or by default exactly when it computes in bf16
-    on hardware that has bf16 natively (where the layout was measured to pay)."""
-    if asked is not None:
-        return asked
-    return precision == "bf16" and native_bf16()
 
 
 def build_training_model(config: TrainConfig, *, fresh: bool, say: Callable[[str], None]) -> nn.Module:
@@ -613,5 +554,5 @@ def _append_jsonl(out: Path, main: bool, record: dict[str, Any]) -> None:
         append_metrics_log(out / "metrics.jsonl", record)
 
 
-__all__ = ["RUN_CONFIG_NAME", "FitResult", "FiniteGuard", "Meter", "build_training_model", "fit", "log_interval",
-           "native_bf16", "resolve_setup", "run_tags", "step_plan"]
+__all__ = ["EMA_FILE", "RUN_CONFIG_NAME", "FitResult", "FiniteGuard", "Meter", "build_training_model", "fit",
+           "log_interval", "run_tags"]

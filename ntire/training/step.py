@@ -13,10 +13,9 @@ host) and torch.compile (its own kernels); those run the eager step, and the run
 
 Written on top of `torch.cuda.graphs` rather than `torch.compile(mode="reduce-overhead")`: the
 whole update is one graph, with no compilation (15-20 s per model on the H200) and the same
-kernels as eager, so a captured run computes what an eager one does.
-The loss is `optim.loss` (ntire.training.losses; L1 as the paper).
-
-Every choice a run makes here is said in one line (`StepPlan.line`).
+kernels as eager, so a captured run computes what an eager one does. The loss is `optim.loss`
+(ntire.training.losses; L1 as the paper). Whether a run captures, and in which precision and
+layout, is decided by ntire.training.setup, which says so in one line.
 """
 
 from __future__ import annotations
@@ -24,16 +23,16 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ntire.config import ModelConfig, OptimConfig, TrainConfig
+from ntire.config import OptimConfig, TrainConfig
 from ntire.errors import CheckpointError
 from ntire.models.network import SRNetwork
 from ntire.training.losses import make_loss
+from ntire.training.setup import StepPlan
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -41,122 +40,6 @@ if TYPE_CHECKING:
 WARMUP_UPDATES = 3
 """Eager updates of each batch shape before it is captured: cuDNN's benchmark mode picks its
 convolution algorithms and Adam creates its state on these, which capture must not do."""
-
-EAGER_BF16_MIN_TFLOP = 1.5
-"""Eager on CUDA, an update (one micro-batch) below this many TFLOP is launch-bound and runs
-faster in fp32 (TF32 convolutions) than in bf16 + channels_last, whose casts are more kernels
-(H200: EDSR-baseline, 0.3 TFLOP, 10.4 ms fp32 vs 13.8 ms bf16; EDSR, 8.5 TFLOP, bf16 2x faster)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# What a run does: precision, layout, captured or eager
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """How a run's updates are computed."""
-
-    device: str
-    """"cuda", "cpu", ..."""
-    precision: str
-    """Autocast precision: "no", "bf16" or "fp16"."""
-    channels_last: bool
-    captured: bool
-    """Whether updates are replayed from CUDA graphs."""
-    why: str
-    """Why captured or eager (and why this precision when it was chosen)."""
-    fused_adam: bool = False
-
-    @property
-    def line(self) -> str:
-        """The one line a run prints about it."""
-        layout = "channels_last" if self.channels_last else "NCHW"
-        precision = {"no": "fp32" + (" (TF32 convolutions)" if self.device == "cuda" else ""),
-                     "bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(self.precision, self.precision)
-        how = "captured as CUDA graphs" if self.captured else "eager"
-        extras = [x for x, on in (("cudnn.benchmark", self.device == "cuda"), ("fused Adam", self.fused_adam)) if on]
-        return f"training step: {how}, {precision}, {layout}{', ' + ', '.join(extras) if extras else ''} ({self.why})"
-
-
-def eager_reason(*, device: str, capture: bool, processes: int, deepspeed: bool, precision: str,
-                 compiled: bool) -> str | None:
-    """Why a run cannot capture its step (None: it can)."""
-    if device != "cuda":
-        return f"CUDA graphs need a CUDA device; this run is on {device}"
-    if not capture:
-        return "capture turned off (--no-capture)"
-    if deepspeed:
-        return "DeepSpeed owns the optimizer step"
-    if processes > 1:
-        return f"{processes} processes: DDP's gradient all-reduce is not captured"
-    if precision == "fp16":
-        return "fp16's gradient scaler reads its scale on the host every step"
-    if compiled:
-        return "--compile runs the model's own compiled kernels"
-    return None
-
-
-def training_tflop(model: ModelConfig, *, batch: int, patch: int) -> float:
-    """TFLOP of one training update on `batch` LR patches of `patch` pixels, at the largest scale:
-    every convolution's 2*Cin*Cout*k*k per output pixel, times 3 (forward, and backward for both
-    the inputs and the weights). Counted on the meta device: no memory, no compute."""
-    from ntire.models.build import build_model
-
-    flops = 0.0
-
-    def count(module: nn.Module, _: Any, output: torch.Tensor) -> None:
-        nonlocal flops
-        assert isinstance(module, nn.Conv2d)
-        k = module.kernel_size[0] * module.kernel_size[1]
-        flops += 2 * module.in_channels // module.groups * module.out_channels * k * output[0, 0].numel()
-
-    with torch.device("meta"):
-        net = build_model(model)
-    scale = max(model.scales)
-    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.no_grad():
-            net(torch.empty(1, 3, patch, patch, device="meta"), scale)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return 3 * flops * batch / 1e12
-
-
-def choose_setup(config: TrainConfig, *, device: str, processes: int, deepspeed: bool,
-                 native_bf16: Callable[[], bool]) -> tuple[str | None, bool | None, str]:
-    """The precision and layout a run uses where the config says `auto` (precision) or nothing
-    (channels_last), by what was measured fastest for the model on the device; and why.
-
-    - CPU: bf16 + channels_last where the CPU has bf16 natively (2.5x fp32 on AVX512-BF16), else
-      fp32 (emulated bf16 is over 10x slower).
-    - CUDA, captured step: bf16 + channels_last (H200: EDSR-baseline 3,899 patches/s vs 2,248 in
-      fp32; EDSR 47.6% MFU).
-    - CUDA, eager step: bf16 + channels_last when an update is compute-bound
-      (>= EAGER_BF16_MIN_TFLOP), else fp32 with TF32 convolutions, NCHW.
-
-    Returns (mixed_precision, channels_last, why); mixed_precision None leaves it to
-    `accelerate launch`, channels_last None to the precision the launch settles on.
-    """
-    precision, channels_last = config.mixed_precision, config.channels_last
-    if precision != "auto":
-        return precision, channels_last, "precision as configured"
-    if device != "cuda":
-        bf16 = native_bf16()
-        why = "auto: bf16 is native on this CPU" if bf16 else "auto: fp32, this CPU has no native bf16"
-        return ("bf16" if bf16 else "no"), (bf16 if channels_last is None else channels_last), why
-    if not native_bf16():
-        return "no", (False if channels_last is None else channels_last), "auto: fp32, no native bf16 on this GPU"
-    reason = eager_reason(device=device, capture=config.capture, processes=processes, deepspeed=deepspeed,
-                          precision="bf16", compiled=config.compile)
-    tflop = training_tflop(config.model, batch=config.data.batch_size, patch=config.data.patch_size)
-    if reason is None or tflop >= EAGER_BF16_MIN_TFLOP:
-        why = ("auto: bf16 + channels_last, fastest with a captured step" if reason is None else
-               f"auto: bf16 + channels_last, {tflop:.2g} TFLOP per update is compute-bound")
-        return "bf16", (True if channels_last is None else channels_last), why
-    why = (f"auto: fp32, an eager update of {tflop:.2g} TFLOP is launch-bound and bf16's casts cost "
-           f"more than they save")
-    return "no", (False if channels_last is None else channels_last), why
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,6 +347,6 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-__all__ = ["EAGER_BF16_MIN_TFLOP", "WARMUP_UPDATES", "CapturedStep", "StepPlan", "TrainStep", "WeightAverage",
-           "all_finite", "choose_setup", "configure_optimizer", "conv_autotuning", "cuda_graph_capture", "eager_reason",
-           "learning_rate", "make_optimizer", "model_inputs", "set_lr", "training_step", "training_tflop"]
+__all__ = ["WARMUP_UPDATES", "CapturedStep", "TrainStep", "WeightAverage", "all_finite", "configure_optimizer",
+           "conv_autotuning", "cuda_graph_capture", "learning_rate", "make_optimizer", "model_inputs", "set_lr",
+           "training_step"]

@@ -253,7 +253,8 @@ def test_a_runs_files_follow_the_umask(dataset, tmp_path):
 def test_channels_last_follows_native_bf16_unless_forced(dataset, tmp_path):
     import yaml
 
-    from ntire.training.fit import RUN_CONFIG_NAME, fit, resolve_channels_last
+    from ntire.training.fit import RUN_CONFIG_NAME, fit
+    from ntire.training.setup import resolve_channels_last
 
     assert resolve_channels_last(None, "bf16", lambda: True) is True
     assert resolve_channels_last(None, "bf16", lambda: False) is False  # emulated bf16: no gain measured

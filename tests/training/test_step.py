@@ -160,7 +160,7 @@ def test_gradient_accumulation_averages_micro_batches(kind, finish_accelerators)
 
 
 def test_each_reason_to_run_eager_is_one_line():
-    from ntire.training.step import StepPlan, eager_reason
+    from ntire.training.setup import StepPlan, eager_reason
 
     base = dict(device="cuda", capture=True, processes=1, deepspeed=False, precision="bf16", compiled=False)
     assert eager_reason(**base) is None
@@ -195,7 +195,7 @@ def test_no_capture_flag_comes_from_the_config_field():
 
 
 def test_auto_picks_the_measured_fastest_precision_and_layout():
-    from ntire.training.step import choose_setup
+    from ntire.training.setup import choose_setup
 
     def pick(preset: str, *, device: str = "cuda", processes: int = 1, native: bool = True, **overrides):
         config = build_config(None, {"model": {"preset": preset}, **overrides})
@@ -217,7 +217,7 @@ def test_auto_picks_the_measured_fastest_precision_and_layout():
 
 
 def test_training_tflop_counts_every_convolution():
-    from ntire.training.step import training_tflop
+    from ntire.training.setup import training_tflop
 
     config = build_config(None, {"model": {"preset": "edsr-baseline"}})
     f = 64
