@@ -124,8 +124,15 @@ def parse_readme(text: str) -> tuple[Readme | None, list[str]]:
     return Readme(runtime=runtime, cpu=cpu, extra_data=extra, description=description), []
 
 
-def describe(entry: ModelEntry, checkpoint: Path, model_name: str, params: int, self_ensemble: bool) -> str:
-    """The readme's description: the manifest's text, then model, checkpoint and ensemble.
+_PRECISION_WORDS = {"fp32": "fp32 inference", "tf32": "fp32 inference with TF32 convolutions",
+                    "bf16": "bf16 inference"}
+
+
+def describe(
+    entry: ModelEntry, checkpoint: Path, model_name: str, params: int, self_ensemble: bool,
+    precision: str | None = None,
+) -> str:
+    """The readme's description: the manifest's text, then model, checkpoint, ensemble and precision.
 
     The appended facts come from the checkpoint actually loaded, so the readme stays true when
     an entry's later candidate stood in for its first.
@@ -135,6 +142,8 @@ def describe(entry: ModelEntry, checkpoint: Path, model_name: str, params: int, 
     parts.append(f"model {model_name} ({params / 1e6:.2f}M parameters)")
     parts.append(f"checkpoint {checkpoint.name if checkpoint.is_file() else checkpoint}")
     parts.append("geometric self-ensemble x8" if self_ensemble else "no self-ensemble")
+    if precision is not None:
+        parts.append(_PRECISION_WORDS.get(precision, precision))
     return "; ".join(parts)
 
 
