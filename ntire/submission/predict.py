@@ -261,7 +261,7 @@ def predict(
     def finish(item: LRInput, elapsed: float, write: Future) -> None:
         nonlocal done
         write.result()  # a failed write (a full disk) raises here, and the image stays unrecorded
-        own[item.sr_name] = {"seconds": elapsed}
+        own[item.sr_name] = {"seconds": elapsed, "process": share.rank}
         seconds[item.sr_name] = elapsed
         done += 1
         save()

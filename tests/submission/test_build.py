@@ -181,3 +181,28 @@ def test_a_memory_budget_too_small_for_any_tile_stops_the_build_naming_the_memor
     with pytest.raises(MemoryBudgetError, match=r"needs about .* 1 KiB is allowed by NTIRE_MEMORY_BUDGET"):
         build(manifest, tmp_path / "out", "unknown", scales=(2,))
     assert not (tmp_path / "out" / "unknown_x2.zip").exists()
+
+
+def test_auto_runs_whole_images_when_the_memory_plan_fits_them_else_tiles(tmp_path, write_manifest, build,
+                                                                         monkeypatch, checkpoints, dataset):
+    import ntire.inference
+    from ntire.inference import estimate_memory
+    from ntire.models.checkpoint import load_model
+
+    tiled_calls = []
+    real = ntire.inference.tiled_forward
+    monkeypatch.setattr(ntire.inference, "tiled_forward", lambda *a, **k: tiled_calls.append(1) or real(*a, **k))
+    manifest = load_manifest(write_manifest(tmp_path, tile="auto", batch_size=4))
+    monkeypatch.setenv("NTIRE_MEMORY_BUDGET", "1G")
+    (whole,) = build(manifest, tmp_path / "whole", "bicubic", scales=(2,))
+    assert tiled_calls == []  # the plan fits: every image whole, its ensemble in passes of 4 variants
+    # Just under what the larger image needs whole: it is tiled (the smaller one may still run whole).
+    _, config = load_model(checkpoints["mdsr"])
+    w, h = Image.open(dataset / "DIV2K" / "DIV2K_test_LR_bicubic" / "X2" / "0902x2.png").size  # the larger
+    need = estimate_memory(config, 2, h, w, tile=None, self_ensemble=True, max_batch=1)  # fewer variants first
+    monkeypatch.setenv("NTIRE_MEMORY_BUDGET", str(need - 1))
+    (tiled,) = build(manifest, tmp_path / "tiled", "bicubic", scales=(2,))
+    assert tiled_calls
+    for name in ("0901x2.png", "0902x2.png"):
+        a, b = read_image(whole.folder / name).astype(int), read_image(tiled.folder / name).astype(int)
+        assert np.abs(a - b).max() <= 1  # the same image, up to float rounding
