@@ -21,6 +21,7 @@ the readme's runtime comes from.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -289,12 +290,14 @@ def predict(
                 del lr, sr
                 while writes and (writes[0][2].done() or len(writes) > 2 * max(1, io_workers)):
                     finish(*writes.popleft())
-        finally:
-            # Whatever stopped the loop, the images already encoding are finished and recorded.
+        except BaseException:
+            # Whatever stopped the loop, every image already written is recorded before it propagates.
             for _, read in reads:
                 read.cancel()
-            while writes:
-                finish(*writes.popleft())
+            with contextlib.suppress(Exception):  # the error that stopped the loop is the one to report
+                _drain(writes, finish)
+            raise
+        _drain(writes, finish)
     bar.close()
     if share.rank == 0:
         # Leftovers from an earlier input list would make the folder an invalid submission.
@@ -303,6 +306,18 @@ def predict(
                 stale.unlink(missing_ok=True)
     save()
     return PredictRecord(seconds=seconds, done=done, skipped=skipped)
+
+
+def _drain(writes: deque, finish: Callable[..., None]) -> None:
+    """Finish (record) every pending write that succeeds; then raise the first failure, if any."""
+    error: BaseException | None = None
+    while writes:
+        try:
+            finish(*writes.popleft())
+        except Exception as e:
+            error = error or e
+    if error is not None:
+        raise error
 
 
 def collect(inputs: list[LRInput], state_path: str | os.PathLike, setup: dict[str, Any]) -> PredictRecord:
