@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ntire.errors import ConfigError
-from ntire.files import atomic_write_text
+from ntire.files import atomic_write_text, remove_stale_temp_files
 from ntire.submission.manifest import ModelEntry, SubmissionManifest, find_checkpoint, resolve_self_ensemble
 from ntire.submission.package import (
     README_NAME,
     Readme,
     describe,
     expected_from_lr_files,
+    expected_record_path,
     format_readme,
     write_zip,
 )
@@ -233,6 +234,11 @@ def _build_scale(
     if run.processes.rank != 0:
         return None
     done, skipped = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    zip_target = run.out / f"{run.track}_x{scale}.zip"
+    # Debris of a run killed while this process wrote these files (only ever this one writes them).
+    remove_stale_temp_files(work / "sr", [README_NAME])
+    remove_stale_temp_files(work, ["state-sr.json", "state-alt.json", "scores.json"])
+    remove_stale_temp_files(run.out, [zip_target.name, expected_record_path(zip_target).name])
 
     record = collect(inputs, work / "state-sr.json", setup(ensemble))
     readme = Readme(
@@ -243,7 +249,7 @@ def _build_scale(
     )
     atomic_write_text(work / "sr" / README_NAME, format_readme(readme))
     expected = expected_from_lr_files([i.path for i in inputs], scale)
-    zip_path = write_zip(work / "sr", run.out / f"{run.track}_x{scale}.zip", expected)
+    zip_path = write_zip(work / "sr", zip_target, expected)
 
     scores = None
     if run.split == "valid":

@@ -241,6 +241,7 @@ def predict(
     remove_stale_temp_files(out_dir, [i.sr_name for i in mine])
     images = _load_images(state_path, setup, drop_others=True)
     own_path = state_path if share.world == 1 else part_path(state_path, share.rank)
+    remove_stale_temp_files(own_path.parent, [own_path.name])
     wanted = {i.sr_name for i in inputs}
     record = {"setup": setup, "images": {i.sr_name: images[i.sr_name] for i in mine if i.sr_name in images}}
     own = record["images"]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ntire.files import is_temp_file
 from ntire.images import write_png
 from ntire.submission.package import Expected, check_zip, expected_record_path
 
@@ -122,8 +123,8 @@ def test_sigkill_mid_run_then_a_rerun_gives_the_same_zip(manifest, reference, tm
     kept = json.loads(state.read_text())["images"]
     assert all(kept[name] == recorded[name] for name in recorded)  # finished images were not redone
     _same_submission(out / "bicubic_x2.zip", reference)
-    leftovers = [p.name for p in (out / "bicubic" / "x2" / "sr").iterdir() if p.name.endswith(".tmp")]
-    assert leftovers == [], rerun.stdout
+    leftovers = [str(p.relative_to(out)) for p in out.rglob("*") if is_temp_file(p)]
+    assert leftovers == [], rerun.stdout  # no half-written PNG, state, readme or zip is left behind
 
 
 def _free_port() -> int:
