@@ -50,6 +50,8 @@ OLD_TILE = 512
 """The tile the DIV2K manifest used before `tile: auto`: the old path the output is checked against."""
 SCALED_TO = 100
 """Images per zip in the DIV2K test set, to which `seconds` is scaled."""
+GOAL_S = 420
+"""Issue 16's goal for `seconds` on one H200 at TF32 (the tiled NCHW path projected 1,078 s)."""
 ITEM = "six submissions (2 tracks x 3 scales, x8 ensemble on bicubic), `ntire submit` end to end"
 
 
@@ -216,7 +218,8 @@ def six_submissions(
     with 1 image per zip to separate the fixed cost from the per-image cost (see module doc).
     Keys: item, seconds (scaled to 100 images per zip), minutes, seconds_proportional, run_s (the
     n-image run), fixed_run_s, images_per_zip, compute_s (model seconds per zip, n-image run),
-    max_diff_vs_old_path (grey levels, per zip), problems (zip validation), ok, note.
+    max_diff_vs_old_path (grey levels, per zip), problems (zip validation), ok (valid zips, equal to
+    the old path), goal_s and within_goal (seconds <= goal_s; meaningful on one H200 only), note.
     """
     out_dir = Path(out_dir)
     if images_per_zip < 1:
@@ -263,6 +266,8 @@ def six_submissions(
         "max_diff_vs_old_path": diffs,
         "problems": problems,
         "ok": ok,
+        "goal_s": GOAL_S,
+        "within_goal": seconds <= GOAL_S,
         "note": (f"{n} images per zip actually run ({what}), scaled to {SCALED_TO}: {how}; 6 zips valid"
                  f"{'' if not problems else ' NO: ' + '; '.join(problems[:3])}; output vs the old path (tiles of "
                  f"{tile}, NCHW, no I/O overlap) on {checked} image(s) per zip: max {max(diffs.values())} grey "

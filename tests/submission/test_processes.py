@@ -133,15 +133,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_split_the_images_and_one_writes_the_zip(manifest, reference, tmp_path):
+def _launch_two(*args: str) -> list[str]:
+    """`accelerate launch` of 2 CPU processes over gloo: --multi_gpu with ACCELERATE_USE_CPU=1 (see
+    STACK-NOTES: `--cpu --num_processes 2` silently starts one)."""
     accelerate = Path(sys.executable).with_name("accelerate")
     accelerate = str(accelerate) if accelerate.exists() else shutil.which("accelerate") or "accelerate"
+    return [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *args]
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_images_and_one_writes_the_zip(manifest, reference, tmp_path):
     out = tmp_path / "out"
-    env = {**_env(), "ACCELERATE_USE_CPU": "1"}  # with --multi_gpu: 2 real processes over gloo (STACK-NOTES)
-    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-              "-m", "ntire", *_submit_argv(manifest, out)]
+    env = {**_env(), "ACCELERATE_USE_CPU": "1"}
+    launch = _launch_two("-m", "ntire", *_submit_argv(manifest, out))
     run = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 processes (cpu)" in run.stdout
@@ -153,3 +158,45 @@ def test_two_processes_split_the_images_and_one_writes_the_zip(manifest, referen
         f"{901 + i:04d}x2.png": i % 2 for i in range(IMAGES)}  # each made half, interleaved
     assert not list(state.parent.glob("state-sr.part-*.json"))  # merged into one record
     _same_submission(out / "bicubic_x2.zip", reference)
+
+
+@pytest.mark.slow
+def test_an_interrupted_two_process_run_resumes_and_gives_the_same_zip(manifest, reference, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "out"
+    work = out / "bicubic" / "x2"
+    driver = tmp_path / "slow_submit.py"
+    driver.write_text(SLOW_SUBMIT)
+    env = {**_env(), "ACCELERATE_USE_CPU": "1"}
+    launcher = subprocess.Popen(_launch_two(str(driver), "0.4", *_submit_argv(manifest, out)), cwd=tmp_path,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    recorded: dict = {}
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while len(recorded) < 3 and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            recorded = {}
+            for part in work.glob("state-sr.part-*.json"):
+                try:
+                    recorded.update(json.loads(part.read_text())["images"])
+                except (OSError, ValueError):
+                    pass
+    finally:
+        # Like a lost machine: every process at once (torchrun puts each worker in its own session).
+        family = [launcher.pid, *(c.pid for c in psutil.Process(launcher.pid).children(recursive=True))]
+        for pid in family:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        launcher.wait()
+    assert 3 <= len(recorded) < IMAGES
+    assert not (out / "bicubic_x2.zip").exists()
+    # Resumed by two processes again: what either made before is kept, whichever process now owns it.
+    run = subprocess.run(_launch_two("-m", "ntire", *_submit_argv(manifest, out)), cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert run.returncode == 0, run.stdout + run.stderr
+    images = json.loads((work / "state-sr.json").read_text())["images"]
+    assert all(images[name] == recorded[name] for name in recorded)
+    _same_submission(out / "bicubic_x2.zip", reference)
+    assert [p for p in out.rglob("*") if is_temp_file(p)] == []
