@@ -3,6 +3,7 @@
     PYTHONPATH=. python3 benchmarks/submissions.py --out OUT [--images 5] [--device cuda]
     .venv/bin/python benchmarks/submissions.py --smoke --out OUT     # tiny, on the CPU, seconds
     .venv/bin/python benchmarks/submissions.py --png                 # PNG compression levels
+    .venv/bin/python benchmarks/submissions.py --io                  # PNG work around the compute
 
 `six_submissions()` makes synthetic DIV2K-test-sized inputs (per scale the LR of a 2040x1356 HR
 image, for both tracks), saves EDSR with random weights per scale (timing does not depend on the
@@ -307,6 +308,43 @@ def png_levels(levels: tuple[int, ...] = (0, 1, 2, 3, 6, 9), size: tuple[int, in
     return rows
 
 
+def io_overlap(folder: Path, images: int = 8, compute_s: float = 0.25, scale: int = 2) -> dict[str, float]:
+    """Wall seconds per image of the PNG path around a stand-in for the GPU's compute, on
+    DIV2K-test-sized x`scale` inputs: serial (read, compute, write at level 6: the old predict)
+    against `ntire.submission.predict.predict` (a pool, level 1). The stand-in sleeps `compute_s`
+    (a GPU leaves the CPU free meanwhile) and enlarges the LR image by pixel repetition."""
+    import numpy as np
+
+    from ntire.files import atomic_write_text
+    from ntire.images import read_image, write_png
+    from ntire.submission.predict import LRInput, predict
+
+    lr_dir = folder / "lr"
+    inputs = []
+    for i in range(images):
+        path = lr_dir / f"{901 + i:04d}x{scale}.png"
+        if not path.is_file():
+            write_png(path, synth_image(i, HR_SIZE[0] // scale, HR_SIZE[1] // scale), 1)
+        inputs.append(LRInput(path=path))
+
+    def compute(lr):
+        time.sleep(compute_s)
+        return np.repeat(np.repeat(lr, scale, axis=0), scale, axis=1)
+
+    run = folder / f"compute-{compute_s}"
+    start = time.perf_counter()
+    for item in inputs:
+        write_png(run / "serial" / item.sr_name, compute(read_image(item.path)), 6)
+        atomic_write_text(run / "serial-state.json", "{}")
+    serial = (time.perf_counter() - start) / images
+    start = time.perf_counter()
+    record = predict(compute, inputs, run / "pool", scale=scale, setup={}, state_path=run / "pool-state.json",
+                     progress=False)
+    assert record.done == images, "the pool's folder held finished images: give an empty folder"
+    pooled = (time.perf_counter() - start) / images
+    return {"compute_s": compute_s, "serial_s": serial, "pool_s": pooled}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
@@ -318,7 +356,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the 1-image run; scale the n-image run proportionally")
     parser.add_argument("--smoke", action="store_true", help="tiny images and model on the CPU: seconds")
     parser.add_argument("--png", action="store_true", help="only time PNG encoding per compression level")
+    parser.add_argument("--io", action="store_true",
+                        help="only time the PNG path around a 0.25 s stand-in for the GPU: serial vs the pool")
     args = parser.parse_args(argv)
+    if args.io:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for compute_s in (0.25, 1.0):
+                r = io_overlap(Path(args.out or tmp), compute_s=compute_s)
+                print(f"compute {r['compute_s']:.2f} s per x2 image: serial read + compute + write (level 6) "
+                      f"{r['serial_s']:.2f} s, pool (level 1) {r['pool_s']:.2f} s per image")
+        return 0
     if args.png:
         for row in png_levels():
             print(f"level {row['level']}: encode {row['encode_ms']:.0f} ms, decode {row['decode_ms']:.0f} ms, "
