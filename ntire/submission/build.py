@@ -210,10 +210,24 @@ def _build_scale(
                 "precision": run.precision}
 
     def predict_into(folder: str, with_ensemble: bool) -> PredictRecord:
-        return predict(
-            lambda lr: upscale_image(model, config, lr, scale=scale, tile=run.tile, self_ensemble=with_ensemble,
+        def upscale(lr: Any) -> Any:
+            import torch
+
+            try:
+                return upscale_image(model, config, lr, scale=scale, tile=run.tile, self_ensemble=with_ensemble,
                                      device=run.device, max_batch=run.batch, precision=run.precision,
-                                     channels_last=run.channels_last),
+                                     channels_last=run.channels_last)
+            except torch.OutOfMemoryError:
+                # The memory plan's margin was not enough (another process took memory meanwhile, say).
+                tiles = "whole images" if run.tile in (None, 0) else f"tile {run.tile}"
+                raise ConfigError(
+                    f"{run.track} x{scale}: out of memory on {run.device} ({tiles}, {run.batch} per pass); "
+                    "run again with --tile 512, a smaller --max-batch, or NTIRE_MEMORY_BUDGET below what is free "
+                    "(finished images are kept)"
+                ) from None
+
+        return predict(
+            upscale,
             inputs,
             work / folder,
             scale=scale,

@@ -206,3 +206,28 @@ def test_auto_runs_whole_images_when_the_memory_plan_fits_them_else_tiles(tmp_pa
     for name in ("0901x2.png", "0902x2.png"):
         a, b = read_image(whole.folder / name).astype(int), read_image(tiled.folder / name).astype(int)
         assert np.abs(a - b).max() <= 1  # the same image, up to float rounding
+
+
+def test_out_of_memory_is_one_line_with_what_to_change_and_keeps_finished_images(
+    tmp_path, write_manifest, build, monkeypatch
+):
+    import ntire.inference
+    from ntire.errors import ConfigError
+
+    real = ntire.inference.upscale_image
+    calls = []
+
+    def oom_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ntire.inference, "upscale_image", oom_on_the_second)
+    manifest = load_manifest(write_manifest(tmp_path))
+    with pytest.raises(ConfigError, match=r"^unknown x2: out of memory on cpu \(whole images, 8 per pass\); run again "
+                                          r"with --tile 512, .* \(finished images are kept\)$"):
+        build(manifest, tmp_path / "out", "unknown", scales=(2,))
+    monkeypatch.setattr(ntire.inference, "upscale_image", real)
+    (again,) = build(manifest, tmp_path / "out", "unknown", scales=(2,))
+    assert (again.done, again.skipped) == (1, 1)
