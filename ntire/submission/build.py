@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -119,7 +120,6 @@ def build_track(
     import torch
 
     from ntire.inference import resolve_precision, use_channels_last
-    from ntire.models.checkpoint import load_model
 
     plan = manifest.track(track)
     split = split or manifest.split
@@ -148,9 +148,27 @@ def build_track(
         processes=options.processes,
     )
     say = print if run.processes.rank == 0 else lambda _: None
-    results = []
+    # Packaging a scale (decoding every PNG twice to validate the folder and the zip, writing the
+    # zip, scoring) is CPU work: a thread does it while the device computes the next scale.
+    packaging: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ntire-package") as packager:
+        _make_scales(run, plan, scales, checkpoints, options, data_root, say, packager, packaging)
+    return [job.result() for job in packaging]
+
+
+def _make_scales(
+    run: _Run, plan: Any, scales: tuple[int, ...], checkpoints: dict[int, Path], options: RunOptions,
+    data_root: Path, say: Callable[[str], None], packager: ThreadPoolExecutor, packaging: list[Future],
+) -> None:
+    import torch
+
+    from ntire.models.checkpoint import load_model
+
     models: dict[Path, tuple[Any, Any]] = {}  # one MDSR serving several scales is loaded once
     for scale in scales:
+        for job in packaging:  # a zip that failed stops the build now, not after every scale's compute
+            if job.done() and job.exception() is not None:
+                job.result()
         checkpoint = checkpoints[scale]
         if checkpoint not in models:
             model, config = load_model(checkpoint, map_location="cpu", say=say)
@@ -163,11 +181,10 @@ def build_track(
             )
         entry = plan.entry_for(scale)
         assert entry is not None
-        ensemble = resolve_self_ensemble(entry, track, options.self_ensemble)
-        result = _build_scale(run, entry, checkpoint, model, config, scale, ensemble, data_root)
-        if result is not None:
-            results.append(result)
-    return results
+        ensemble = resolve_self_ensemble(entry, run.track, options.self_ensemble)
+        package = _build_scale(run, entry, checkpoint, model, config, scale, ensemble, data_root)
+        if package is not None:
+            packaging.append(packager.submit(package))
 
 
 @dataclass(frozen=True)
@@ -195,11 +212,10 @@ class _Run:
 
 def _build_scale(
     run: _Run, entry: ModelEntry, checkpoint: Path, model: Any, config: Any, scale: int, ensemble: bool, data_root: Path
-) -> SubmissionResult | None:
-    """One scale's submission: SR folder, readme, validated zip, and the valid split's scores
-    (on the first process; None on the others, once their share of the images is made)."""
+) -> Callable[[], SubmissionResult] | None:
+    """One scale's SR images (this process's share), then, on the first process, the job that
+    packages them: readme, validated zip and the valid split's scores. None on the others."""
     from ntire.inference import upscale_image
-    from ntire.models.build import count_parameters
 
     inputs = lr_inputs(data_root, run.split, run.track, scale)
     work = run.out / run.track / f"x{scale}"
@@ -248,6 +264,19 @@ def _build_scale(
     if run.processes.rank != 0:
         return None
     done, skipped = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    return lambda: _package_scale(run, entry, checkpoint, model, config, scale, ensemble, inputs, setup, done,
+                                  skipped)
+
+
+def _package_scale(
+    run: _Run, entry: ModelEntry, checkpoint: Path, model: Any, config: Any, scale: int, ensemble: bool,
+    inputs: list, setup: Callable[[bool], dict[str, Any]], done: int, skipped: int,
+) -> SubmissionResult:
+    """Readme, validated zip and (valid split) scores of one scale whose images are all made."""
+    from ntire.models.build import count_parameters
+
+    work = run.out / run.track / f"x{scale}"
+    compare = run.split == "valid" and run.compare
     zip_target = run.out / f"{run.track}_x{scale}.zip"
     # Debris of a run killed while this process wrote these files (only ever this one writes them).
     remove_stale_temp_files(work / "sr", [README_NAME])

@@ -231,3 +231,32 @@ def test_out_of_memory_is_one_line_with_what_to_change_and_keeps_finished_images
     monkeypatch.setattr(ntire.inference, "upscale_image", real)
     (again,) = build(manifest, tmp_path / "out", "unknown", scales=(2,))
     assert (again.done, again.skipped) == (1, 1)
+
+
+def test_zips_are_packaged_beside_the_next_scales_compute_and_their_failure_stops_the_build(
+    tmp_path, write_manifest, build, monkeypatch
+):
+    import threading
+
+    import ntire.submission.build
+    from ntire.submission.package import SubmissionError
+
+    real = ntire.submission.build.write_zip
+    threads = []
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ntire.submission.build, "write_zip", spy)
+    manifest = load_manifest(write_manifest(tmp_path))
+    results = build(manifest, tmp_path / "out", "bicubic")
+    assert [r.scale for r in results] == list(SCALES) and all(r.zip_path.is_file() for r in results)
+    assert len(threads) == 3 and all(name.startswith("ntire-package") for name in threads)
+
+    def broken(folder, zip_path, expected):
+        raise SubmissionError(str(folder), ["0901x2.png: cannot decode the PNG"])
+
+    monkeypatch.setattr(ntire.submission.build, "write_zip", broken)
+    with pytest.raises(SubmissionError, match="0901x2.png: cannot decode the PNG"):
+        build(manifest, tmp_path / "out2", "bicubic")
