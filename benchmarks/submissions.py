@@ -222,7 +222,7 @@ def six_submissions(
     max_diff_vs_old_path (grey levels, per zip), problems (zip validation), ok (valid zips, equal to
     the old path), goal_s and within_goal (seconds <= goal_s; meaningful on one H200 only), note.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # the submit subprocess runs in the repository root
     if images_per_zip < 1:
         raise ValueError(f"images_per_zip must be at least 1, got {images_per_zip}")
     hr_size = SMOKE_HR_SIZE if smoke else HR_SIZE
