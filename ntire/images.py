@@ -216,5 +216,7 @@ def tensor_to_image(tensor) -> np.ndarray:
         if t.shape[0] != 1:
             raise ValueError(f"expected a batch of one image, got shape {tuple(t.shape)}")
         t = t[0]
-    t = t.float().round().clamp(0, 255).to("cpu", dtype=torch.uint8)
-    return np.ascontiguousarray(t.permute(1, 2, 0).numpy())
+    # Rounded, narrowed and laid out as HWC where the tensor is (a GPU's copy is a quarter of the
+    # float bytes, and the CPU is left no strided copy to make while the device waits).
+    t = t.float().round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+    return t.cpu().numpy()

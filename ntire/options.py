@@ -158,6 +158,18 @@ def add_tile_argument(
     parser.add_argument("--tile", type=tile_option, default=default, metavar="T", help=help)
 
 
+PRECISION_HELP = (
+    "inference precision: fp32 (exact float32), tf32 (float32 with TF32 tensor-core convolutions; CUDA only), "
+    "bf16 (bf16 autocast: faster, costs PSNR). Default: tf32 on CUDA, else fp32"
+)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """`--precision {fp32,tf32,bf16}`, checked at run time against the device by
+    `ntire.inference.resolve_precision` (tf32 needs CUDA), so every mistake is one line."""
+    parser.add_argument("--precision", default=None, metavar="{fp32,tf32,bf16}", help=PRECISION_HELP)
+
+
 DEVICE_HELP = "torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
 
 
@@ -209,6 +221,7 @@ def resolve_device(name: str | None, option: str = "--device") -> Any:
 __all__ = [
     "add_config_arguments",
     "add_device_argument",
+    "add_precision_argument",
     "add_tile_argument",
     "add_train_arguments",
     "config_from_args",

@@ -573,3 +573,80 @@ def test_forced_tiles_ignore_the_budget(monkeypatch):
     whole = upscale_tensor(model, x, scale=2, tile=0, config=config)
     assert (forced - whole).abs().max().item() < 1e-3
     assert SAFETY_FACTOR > 1
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-image ensemble batching, precision and layout
+
+
+class _CountingModel(nn.Module):
+    """A real network that records the batch of every forward call (and its memory format)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.calls: list[tuple[int, bool]] = []
+
+    def forward(self, t, scale):
+        self.calls.append((t.shape[0], t.is_contiguous(memory_format=torch.channels_last)))
+        return self.model(t, scale)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batched_whole_image_ensemble_equals_the_unbatched_one(channels_last):
+    model, config = tiny()
+    counting = _CountingModel(model)
+    image = (lr_batch(1, 18, 26)[0].permute(1, 2, 0)).round().to(torch.uint8).numpy()  # not square: 4 + 4
+    batched = upscale_tensor(counting, lr_batch(1, 18, 26), scale=2, tile="auto", config=config,
+                             self_ensemble=True, max_batch=4, channels_last=channels_last)
+    assert counting.calls == [(4, channels_last)] * 2  # the plan ran it whole: two passes of 4 variants
+    counting.calls.clear()
+    one_by_one = upscale_tensor(counting, lr_batch(1, 18, 26), scale=2, tile=0, self_ensemble=True, max_batch=1)
+    assert counting.calls == [(1, False)] * 8
+    torch.testing.assert_close(batched, one_by_one, atol=1e-3, rtol=0)
+    # ... and the model's own layout follows the request in upscale_image (and back again).
+    upscale_image(model, config, image, scale=2, channels_last=channels_last)
+    weight = next(p for p in model.parameters() if p.ndim == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    upscale_image(model, config, image, scale=2)
+    assert weight.is_contiguous()
+
+
+def test_precision_is_resolved_per_device_and_refused_in_one_line():
+    from ntire.inference import PRECISIONS, resolve_precision
+
+    assert PRECISIONS == ("fp32", "tf32", "bf16")
+    assert resolve_precision(None, "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ConfigError, match=r"^--precision fp16: unknown precision; choose from fp32, tf32, bf16$"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ConfigError, match=r"^--precision tf32: TF32 exists on CUDA devices only; on cpu use fp32"):
+        resolve_precision("tf32", "cpu")
+
+
+def test_precision_mode_sets_tf32_and_autocast_for_the_call_only(monkeypatch):
+    from ntire.inference import default_precision, precision_mode
+
+    assert default_precision("cuda") == "tf32" and default_precision("cpu") == "fp32"
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with precision_mode("fp32", torch.device("cuda")):  # only flags: no CUDA needed
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, False)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    with precision_mode("bf16", "cpu"):
+        assert torch.is_autocast_enabled("cpu")
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_bf16_runs_autocast_and_returns_float32_close_to_fp32():
+    model, config = tiny()
+    x = lr_batch(1, 16, 20)
+    fp32 = upscale_tensor(model, x, scale=2, tile=0, precision="fp32")
+    bf16 = upscale_tensor(model, x, scale=2, tile=0, precision="bf16", self_ensemble=True)
+    bf16_plain = upscale_tensor(model, x, scale=2, tile=0, precision="bf16")
+    assert bf16.dtype == bf16_plain.dtype == torch.float32  # the ensemble's sum is float32, not bf16
+    diff = (bf16_plain - fp32).abs().max().item()
+    assert 0 < diff < 8  # bf16 really ran (it rounds), and it is still the same picture

@@ -8,15 +8,23 @@ existing folder) or a folder (DST is a folder, created if needed).
 receptive-field radius); `--self-ensemble` runs inside each tile, so it stays bounded too. By
 default (`--tile auto`) each image runs whole if it fits the memory free on the device, else in the
 largest tiles that fit (`ntire.inference.plan_tiles`); `NTIRE_MEMORY_BUDGET=2G` replaces the
-measured free memory.
+measured free memory. `--precision` (default tf32 on CUDA, fp32 elsewhere) and channels_last on
+CUDA are those of `ntire submit`.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from ntire.options import add_device_argument, add_force_argument, add_tile_argument, positive_int
+from ntire.options import (
+    add_device_argument,
+    add_force_argument,
+    add_precision_argument,
+    add_tile_argument,
+    positive_int,
+)
 
 HELP = "super-resolve an image or a folder of images with a trained or released checkpoint"
 
@@ -44,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_device_argument(parser)
     add_force_argument(parser)
+    add_precision_argument(parser)
     parser.add_argument("src", type=Path, metavar="SRC", help="LR image file or folder of images")
     parser.add_argument("dst", type=Path, metavar="DST", help="output .png file or folder")
 
@@ -55,11 +64,14 @@ def run(args: argparse.Namespace) -> int:
     from ntire.errors import ConfigError
     from ntire.files import remove_stale_temp_files
     from ntire.images import plan_outputs, read_image, write_png
-    from ntire.inference import MemoryBudgetError, upscale_image
+    from ntire.inference import BF16_COST, MemoryBudgetError, resolve_precision, upscale_image, use_channels_last
     from ntire.models.checkpoint import load_model
     from ntire.options import refuse_existing, resolve_device
 
     device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    if precision == "bf16":
+        print(f"ntire upscale: --precision bf16: {BF16_COST}", file=sys.stderr)
     jobs = plan_outputs(args.src, args.dst, lambda f: f"{f.stem}.png")
     refuse_existing([dst for _, dst in jobs], args.force)
     for folder in {dst.parent for _, dst in jobs}:  # debris of a killed earlier run
@@ -72,8 +84,6 @@ def run(args: argparse.Namespace) -> int:
             f"--scale {args.scale}: checkpoint {args.checkpoint} ({config.name}) upscales {supported} only"
         )
     model.eval().to(device)
-
-    import sys
 
     # A folder shows progress on a terminal and in a log alike (there, a line every 30 s and at the end).
     progress = tqdm(jobs, unit="image", desc="upscale", disable=len(jobs) < 2,
@@ -90,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
                 self_ensemble=args.self_ensemble,
                 device=device,
                 max_batch=args.max_batch,
+                precision=precision,
+                channels_last=use_channels_last(device),
             )
         except MemoryBudgetError as e:
             raise MemoryBudgetError(f"{src}: {e}") from None

@@ -229,3 +229,21 @@ def test_a_folder_upscale_shows_progress_in_a_log(checkpoints, tmp_path, rng, ca
         _save(tmp_path / "in" / f"090{i}x2.png", image)
     assert _upscale(checkpoints["edsr"], 2, tmp_path / "in", tmp_path / "out") == 0
     assert "3/3" in capsys.readouterr().err  # stderr is no terminal here: a bar still reports
+
+
+def test_precision_is_checked_in_one_line_and_bf16_says_what_it_costs(checkpoints, tmp_path, rng, capsys):
+    image = rng.integers(0, 256, (13, 18, 3), dtype=np.uint8)
+    _save(tmp_path / "0901x2.png", image)
+    src, dst = tmp_path / "0901x2.png", tmp_path / "out" / "sr.png"
+    for bad, why in (("fp16", "unknown precision; choose from fp32, tf32, bf16"),
+                     ("tf32", "TF32 exists on CUDA devices only; on cpu use fp32 (or bf16)")):
+        assert _upscale(checkpoints["edsr"], 2, src, dst, "--precision", bad) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert lines == [f"ntire upscale: error: --precision {bad}: {why}"]
+        assert not dst.exists()
+    assert _upscale(checkpoints["edsr"], 2, src, dst, "--precision", "bf16") == 0
+    assert "--precision bf16: bf16 costs PSNR" in capsys.readouterr().err
+    got = np.asarray(Image.open(dst))
+    assert np.array_equal(got, _expected(checkpoints["edsr"], image, 2, precision="bf16"))
+    assert _upscale(checkpoints["edsr"], 2, src, dst, "--force") == 0  # the CPU default: exact fp32
+    assert np.array_equal(np.asarray(Image.open(dst)), _expected(checkpoints["edsr"], image, 2, precision="fp32"))

@@ -181,3 +181,82 @@ def test_a_memory_budget_too_small_for_any_tile_stops_the_build_naming_the_memor
     with pytest.raises(MemoryBudgetError, match=r"needs about .* 1 KiB is allowed by NTIRE_MEMORY_BUDGET"):
         build(manifest, tmp_path / "out", "unknown", scales=(2,))
     assert not (tmp_path / "out" / "unknown_x2.zip").exists()
+
+
+def test_auto_runs_whole_images_when_the_memory_plan_fits_them_else_tiles(tmp_path, write_manifest, build,
+                                                                         monkeypatch, checkpoints, dataset):
+    import ntire.inference
+    from ntire.inference import estimate_memory
+    from ntire.models.checkpoint import load_model
+
+    tiled_calls = []
+    real = ntire.inference.tiled_forward
+    monkeypatch.setattr(ntire.inference, "tiled_forward", lambda *a, **k: tiled_calls.append(1) or real(*a, **k))
+    manifest = load_manifest(write_manifest(tmp_path, tile="auto", batch_size=4))
+    monkeypatch.setenv("NTIRE_MEMORY_BUDGET", "1G")
+    (whole,) = build(manifest, tmp_path / "whole", "bicubic", scales=(2,))
+    assert tiled_calls == []  # the plan fits: every image whole, its ensemble in passes of 4 variants
+    # Just under what the larger image needs whole: it is tiled (the smaller one may still run whole).
+    _, config = load_model(checkpoints["mdsr"])
+    w, h = Image.open(dataset / "DIV2K" / "DIV2K_test_LR_bicubic" / "X2" / "0902x2.png").size  # the larger
+    need = estimate_memory(config, 2, h, w, tile=None, self_ensemble=True, max_batch=1)  # fewer variants first
+    monkeypatch.setenv("NTIRE_MEMORY_BUDGET", str(need - 1))
+    (tiled,) = build(manifest, tmp_path / "tiled", "bicubic", scales=(2,))
+    assert tiled_calls
+    for name in ("0901x2.png", "0902x2.png"):
+        a, b = read_image(whole.folder / name).astype(int), read_image(tiled.folder / name).astype(int)
+        assert np.abs(a - b).max() <= 1  # the same image, up to float rounding
+
+
+def test_out_of_memory_is_one_line_with_what_to_change_and_keeps_finished_images(
+    tmp_path, write_manifest, build, monkeypatch
+):
+    import ntire.inference
+    from ntire.errors import ConfigError
+
+    real = ntire.inference.upscale_image
+    calls = []
+
+    def oom_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ntire.inference, "upscale_image", oom_on_the_second)
+    manifest = load_manifest(write_manifest(tmp_path))
+    with pytest.raises(ConfigError, match=r"^unknown x2: out of memory on cpu \(whole images, 8 per pass\); run again "
+                                          r"with --tile 512, .* \(finished images are kept\)$"):
+        build(manifest, tmp_path / "out", "unknown", scales=(2,))
+    monkeypatch.setattr(ntire.inference, "upscale_image", real)
+    (again,) = build(manifest, tmp_path / "out", "unknown", scales=(2,))
+    assert (again.done, again.skipped) == (1, 1)
+
+
+def test_zips_are_packaged_beside_the_next_scales_compute_and_their_failure_stops_the_build(
+    tmp_path, write_manifest, build, monkeypatch
+):
+    import threading
+
+    import ntire.submission.build
+    from ntire.submission.package import SubmissionError
+
+    real = ntire.submission.build.write_zip
+    threads = []
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ntire.submission.build, "write_zip", spy)
+    manifest = load_manifest(write_manifest(tmp_path))
+    results = build(manifest, tmp_path / "out", "bicubic")
+    assert [r.scale for r in results] == list(SCALES) and all(r.zip_path.is_file() for r in results)
+    assert len(threads) == 3 and all(name.startswith("ntire-package") for name in threads)
+
+    def broken(folder, zip_path, expected):
+        raise SubmissionError(str(folder), ["0901x2.png: cannot decode the PNG"])
+
+    monkeypatch.setattr(ntire.submission.build, "write_zip", broken)
+    with pytest.raises(SubmissionError, match="0901x2.png: cannot decode the PNG"):
+        build(manifest, tmp_path / "out2", "bicubic")

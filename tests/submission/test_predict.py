@@ -97,3 +97,79 @@ def test_a_killed_runs_temp_file_is_cleared_and_never_packaged(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["0901x2.png"]
     (out / ".0902x2.png.q1w2e3.tmp").write_bytes(b"")  # another writer's: left, but never read
     assert not any("tmp" in p for p in check_folder(out))
+
+
+def _lr_folder(tmp_path, names=("0901x2", "0902x2", "0903x2", "0904x2", "0905x2")):
+    from ntire.images import write_png
+
+    rng = np.random.default_rng(0)
+    inputs = []
+    for name in names:
+        write_png(tmp_path / "lr" / f"{name}.png", rng.integers(0, 256, (3, 4, 3), dtype=np.uint8))
+        inputs.append(LRInput(path=tmp_path / "lr" / f"{name}.png"))
+    return inputs
+
+
+def _double(lr):
+    return np.repeat(np.repeat(lr, 2, axis=0), 2, axis=1)
+
+
+def test_a_failed_write_leaves_that_image_unrecorded_and_the_others_recorded(tmp_path, monkeypatch):
+    import ntire.images
+
+    inputs = _lr_folder(tmp_path)
+    real = ntire.images.write_png
+
+    def full_disk_on_the_third(path, image, compress_level=6):
+        if path.name == "0903x2.png":
+            raise OSError(28, "No space left on device")
+        real(path, image, compress_level)
+
+    monkeypatch.setattr(ntire.images, "write_png", full_disk_on_the_third)
+    out, state = tmp_path / "sr", tmp_path / "state.json"
+    with pytest.raises(OSError, match="No space left"):
+        predict(_double, inputs, out, scale=2, setup={"k": 1}, state_path=state, progress=False, io_workers=2)
+    recorded = set(json.loads(state.read_text())["images"])
+    assert "0903x2.png" not in recorded and not (out / "0903x2.png").exists()
+    assert recorded == {p.name for p in out.glob("*.png")}  # every record has its image, and the reverse
+    assert {"0901x2.png", "0902x2.png"} <= recorded
+    monkeypatch.setattr(ntire.images, "write_png", real)
+    again = predict(_double, inputs, out, scale=2, setup={"k": 1}, state_path=state, progress=False)
+    assert again.skipped == len(recorded) and again.done == 5 - len(recorded)
+
+
+def test_processes_split_a_folder_and_a_resume_with_another_count_reuses_their_work(tmp_path):
+    from ntire.submission.predict import Share, collect, part_path
+
+    inputs = _lr_folder(tmp_path)
+    out, state = tmp_path / "sr", tmp_path / "state.json"
+    # Process 1 of 2 finished its share; process 0 was killed before making anything.
+    first = predict(_double, inputs, out, scale=2, setup={"k": 1}, state_path=state, progress=False,
+                    share=Share(1, 2))
+    assert first.done == 2 and sorted(first.seconds) == ["0902x2.png", "0904x2.png"]
+    assert part_path(state, 1).is_file() and not state.exists()
+    with pytest.raises(Exception, match=r"3 image\(s\) not made \(0901x2.png, 0903x2.png, 0905x2.png\)"):
+        collect(inputs, state, {"k": 1})
+    # Run again as one process: only process 0's share is made.
+    again = predict(_double, inputs, out, scale=2, setup={"k": 1}, state_path=state, progress=False)
+    assert (again.done, again.skipped) == (3, 2)
+    record = collect(inputs, state, {"k": 1})
+    assert sorted(record.seconds) == [i.sr_name for i in inputs]
+    assert not list(tmp_path.glob("state.part-*.json"))  # merged into the state file
+    images = json.loads(state.read_text())["images"]
+    assert {v["process"] for v in images.values()} == {0, 1}
+
+
+def test_a_record_of_another_setup_is_dropped_before_anything_is_overwritten(tmp_path):
+    from ntire.submission.predict import Share, part_path
+
+    inputs = _lr_folder(tmp_path)
+    out, state = tmp_path / "sr", tmp_path / "state.json"
+    predict(_double, inputs, out, scale=2, setup={"k": 1}, state_path=state, progress=False)
+    # A two-process run of another setup (process 0 finished, process 1 killed at once): the first
+    # setup's record must not survive it, since its images were overwritten.
+    predict(lambda lr: _double(lr)[:, ::-1].copy(), inputs, out, scale=2, setup={"k": 2},
+            state_path=state, progress=False, share=Share(0, 2))
+    assert not state.exists() and part_path(state, 0).is_file()
+    redo = predict(_double, inputs, out, scale=2, setup={"k": 1}, state_path=state, progress=False)
+    assert redo.skipped == 0 and redo.done == 5

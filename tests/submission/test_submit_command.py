@@ -114,6 +114,44 @@ def test_submit_bad_option_is_one_line(tmp_path, argv):
         assert lines[-1].endswith(f"argument {argv[0]}: expected a positive integer, got {argv[1]!r}"), lines
 
 
+@pytest.mark.parametrize("precision, error", [
+    ("fp16", "--precision fp16: unknown precision; choose from fp32, tf32, bf16"),
+    ("tf32", "--precision tf32: TF32 exists on CUDA devices only; on cpu use fp32 (or bf16)"),
+])
+def test_submit_precision_is_validated_in_one_line(tmp_path, write_manifest, capsys, precision, error):
+    from ntire.__main__ import main
+
+    out = tmp_path / "out"
+    argv = ["submit", "--manifest", str(write_manifest(tmp_path)), "--out", str(out), "--device", "cpu",
+            "--precision", precision, "--no-progress", "--no-mlflow"]
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"ntire submit: error: {error}"]
+    assert not out.exists()
+
+
+def test_submit_bf16_says_it_costs_psnr_and_records_the_precision(tmp_path, write_manifest, capsys):
+    from ntire.__main__ import main
+    from ntire.submission.package import parse_readme
+
+    out = tmp_path / "out"
+    argv = ["submit", "--manifest", str(write_manifest(tmp_path)), "--track", "unknown", "--scales", "2",
+            "--out", str(out), "--device", "cpu", "--no-progress", "--no-mlflow"]
+    assert main(argv) == 0
+    assert "bf16" not in capsys.readouterr().err
+    fp32_readme, _ = parse_readme(zipfile.ZipFile(out / "unknown_x2.zip").read("readme.txt").decode())
+    assert fp32_readme.description.endswith("; fp32 inference")
+    assert main([*argv, "--precision", "bf16"]) == 0
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if "bf16" in line]
+    assert len(warning) == 1 and "costs PSNR" in warning[0] and "-0.46 dB" in warning[0]
+    assert "bf16" in captured.out  # the result's header names the precision
+    readme, _ = parse_readme(zipfile.ZipFile(out / "unknown_x2.zip").read("readme.txt").decode())
+    assert readme.description.endswith("; bf16 inference")
+    state = yaml.safe_load((out / "unknown" / "x2" / "state-sr.json").read_text())
+    assert state["setup"]["precision"] == "bf16"  # a change of precision redid the images
+
+
 # ---------------------------------------------------------------------------------------------
 # make submission
 
