@@ -34,7 +34,12 @@ tqdm; no webdataset, mlflow, ray or deepspeed). Sections, in this order, one mod
    submission manifest), tiled + x8 self-ensemble; MP/s (output megapixels per second), peak
    memory, PNG read/write; and the PROJECTED time of all six challenge submissions (2 tracks x 3
    scales, x8 ensemble on the bicubic track only) for the 100 DIV2K test images (goal < 10 min).
-6. accelerate: `accelerate launch` (cluster/accelerate/multi_gpu.yaml with --num_processes 1: one
+6. submissions: all six zips made by `ntire submit` end to end (LR PNGs in, validated zips out;
+   whole images, TF32, channels_last, the PNG worker pool) with random-weight EDSR on 5 DIV2K-test-
+   sized images per zip, `seconds` scaled to 100 per zip from that run and a 1-image run (the
+   fixed cost), one image per zip compared with the old tiled NCHW path (within 1 grey level):
+   the row `six submissions ... end to end` (benchmarks/submissions.py; goal <= 420 s on one H200).
+7. accelerate: `accelerate launch` (cluster/accelerate/multi_gpu.yaml with --num_processes 1: one
    DDP process over NCCL on the GPU) of ntire/train.py for 3 steps, then `python -m ntire upscale`
    with the exported model, compared with the same model run in this process.
 

@@ -38,6 +38,7 @@ from benchmarks.gpu.launch import section_accelerate  # noqa: E402
 from benchmarks.gpu.mdsr import section_mdsr  # noqa: E402
 from benchmarks.gpu.report import Report  # noqa: E402
 from benchmarks.gpu.sizes import GPU, SMOKE  # noqa: E402
+from benchmarks.gpu.submissions import section_submissions  # noqa: E402
 from benchmarks.gpu.training import section_training  # noqa: E402
 from benchmarks.train_step import cpu_name  # noqa: E402
 
@@ -50,6 +51,7 @@ RUNNERS = {
     "training": section_training,
     "mdsr": section_mdsr,
     "inference": section_inference,
+    "submissions": section_submissions,
     "accelerate": section_accelerate,
 }
 

@@ -19,7 +19,7 @@ from benchmarks.gpu.report import Report
 from benchmarks.gpu.sizes import Sizes
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("environment", "correctness", "training", "mdsr", "inference", "accelerate")
+SECTIONS = ("environment", "correctness", "training", "mdsr", "inference", "submissions", "accelerate")
 
 
 @dataclass

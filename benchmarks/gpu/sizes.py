@@ -46,11 +46,16 @@ class Sizes:
     accel_patch: int
     case_s: dict[str, float]
     """Guessed seconds of one training case (plain + fit), per model, and for a compile case."""
+    submit_images: int
+    """Images per zip of the six-submission run (at least 5 on a GPU, as issue 16 asks)."""
+    submit_check_images: int
+    """Images per zip compared with the old tiled NCHW path (its x8 ensemble is slow)."""
 
 
 GPU = Sizes(
     model_overrides={},
-    need_s={"environment": 10, "correctness": 30, "training": 40, "mdsr": 10, "inference": 30, "accelerate": 45},
+    need_s={"environment": 10, "correctness": 30, "training": 40, "mdsr": 10, "inference": 30, "submissions": 120,
+            "accelerate": 45},
     matmul_n=8192, matmul_reps=10, copy_mib=1024,
     ref_side=32, grad_batch=2, grad_patch=24,
     tile_image=(240, 300), tile=100, ensemble_image=(64, 80),
@@ -60,11 +65,13 @@ GPU = Sizes(
     mdsr_steps=(2, 5), infer_hr=(1356, 2040), infer_tile=512, infer_reps=2,
     accel_batch=4, accel_patch=24,
     case_s={"edsr-baseline": 10, "edsr": 15, "compile": 30},
+    submit_images=5, submit_check_images=1,
 )
 
 SMOKE = Sizes(
     model_overrides={"n_blocks": 1, "n_feats": 8},
-    need_s={"environment": 2, "correctness": 3, "training": 5, "mdsr": 2, "inference": 2, "accelerate": 15},
+    need_s={"environment": 2, "correctness": 3, "training": 5, "mdsr": 2, "inference": 2, "submissions": 10,
+            "accelerate": 15},
     matmul_n=256, matmul_reps=3, copy_mib=8,
     ref_side=16, grad_batch=2, grad_patch=12,
     tile_image=(40, 52), tile=12, ensemble_image=(20, 24),
@@ -73,5 +80,6 @@ SMOKE = Sizes(
     mdsr_steps=(1, 2), infer_hr=(72, 96), infer_tile=16, infer_reps=1,
     accel_batch=2, accel_patch=12,
     case_s={"edsr-baseline": 3, "edsr": 3, "compile": 5},
+    submit_images=2, submit_check_images=1,
 )
 

@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu"
 """Run as a folder: python3 benchmarks/gpu (its __main__.py)."""
-SECTIONS = ["environment", "correctness", "training", "mdsr", "inference", "accelerate"]
+SECTIONS = ["environment", "correctness", "training", "mdsr", "inference", "submissions", "accelerate"]
 ABSENT = ("mlflow", "ray", "deepspeed")
 """Not installed on the GPU machine."""
 FROM_WHEELS = ("webdataset", "braceexpand")
@@ -116,6 +116,9 @@ def test_smoke_run_reports_every_section_without_error(bare_python, tmp_path):
     assert any(number(r.get("mp_per_s")) and r["mp_per_s"] > 0 for r in inference)
     projected = [r for r in inference if r["figure"] == "projected"]
     assert len(projected) == 9 and all(number(r["seconds"]) for r in projected)
+    (six,) = sections["submissions"]["rows"]
+    assert "six submissions" in six["item"] and "end to end" in six["item"] and six["check"] == "pass", six
+    assert number(six["seconds"]) and six["images_per_zip"] == 2
     launch = {row["item"]: row for row in sections["accelerate"]["rows"]}
     assert launch["accelerate launch ntire/train.py exits 0"]["check"] == "pass"
     assert number(launch["accelerate launch ntire/train.py exits 0"]["seconds"])
