@@ -106,7 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="folder for report.json and report.md")
     parser.add_argument("--smoke", action="store_true", help="every section on the CPU with tiny sizes, in seconds")
     parser.add_argument("--wheels", metavar="DIR", help="put DIR/*.whl on sys.path first (webdataset, braceexpand)")
-    parser.add_argument("--budget-s", type=float, default=330.0, help="global deadline from start (default 330)")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="global deadline from start (default 420)")
     parser.add_argument("--grace-s", type=float, default=10.0,
                         help="a section still running this long after the deadline is stopped (default 10)")
     parser.add_argument("--compile-limit-s", type=float, default=60.0,
