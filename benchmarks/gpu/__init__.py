@@ -55,13 +55,13 @@ reports; a section that raises records its error and a traceback tail, and the n
 The logs of the processes it starts are kept in OUT/logs/.
 
 Time: a global deadline (--budget-s, default 420 s from start, of which the six submissions keep
-2 minutes) skips a section with a note when less than its minimum is left. Nothing may eat the time kept for the sections after it: a section,
-each training case and compile's first step are stopped by SIGALRM when their time is up (and
-reported as such); the training section, whose cases run longest, starts a case only when it fits
-(the default rows first, compile cases last). The last section may overrun the deadline by
---grace-s at most. SIGTERM (as `timeout` sends) writes the report and exits 143. Exit status: 0
-when every section that ran passed its checks, 1 when a section failed or a check did, 2 without a
-CUDA device (unless --smoke).
+2 minutes) skips a section with a note when less than its minimum is left. Nothing may eat the
+time kept for the sections after it: a section, each training case and compile's first step are
+stopped by SIGALRM when their time is up (and reported as such); the training section, whose
+cases run longest, starts a case only when it fits (the default rows first, compile cases last).
+The last section may overrun the deadline by --grace-s at most. SIGTERM (as `timeout` sends)
+writes the report and exits 143. Exit status: 0 when every section that ran passed its checks, 1
+when a section failed or a check did, 2 without a CUDA device (unless --smoke).
 
 `--smoke` runs every section on the CPU in seconds with tiny sizes (tiny images, 1 block of 8
 features, 2-3 steps, a 256^3 matmul; torch.compile with the "eager" backend; no CUDA graphs, so
