@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if result.validation is not None:
         for scale_result in result.validation.scales.values():
             print(scale_result.line())
+    if result.ema_validation is not None:  # the averaged weights, beside the raw ones
+        for scale_result in result.ema_validation.scales.values():
+            print(f"{scale_result.line()} [EMA weights: {result.ema_model_dir}]")
     return 0
 
 
