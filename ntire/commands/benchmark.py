@@ -59,8 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--self-ensemble", action="store_true",
         help="also score the model with geometric self-ensemble (the '+' column)"
     )
-    add_tile_argument(parser, help="tile size in LR pixels: auto (default; fit the free memory), 0 whole image, "
-                      "T tiles of T (same scores)")
+    add_tile_argument(parser)
     parser.add_argument("--max-batch", type=positive_int, default=4, metavar="N",
                         help="tiles per forward pass (default 4)")
     add_device_argument(parser)

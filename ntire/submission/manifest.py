@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from ntire.config import SUPPORTED_SCALES, from_dict, read_yaml
 from ntire.errors import CheckpointError, ConfigError
+from ntire.values import parse_tile
 
 TRACKS = ("bicubic", "unknown")
 
@@ -134,12 +135,7 @@ class SubmissionManifest:
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"name must be a non-empty file-name-safe string, got {self.name!r}")
-        if isinstance(self.tile, str) and self.tile.strip().lower() == "auto":
-            object.__setattr__(self, "tile", "auto")
-        elif self.tile is not None and (isinstance(self.tile, (bool, str)) or self.tile < 0):
-            raise ConfigError(
-                f"tile must be auto, 0 or null (whole images) or a positive number of LR pixels, got {self.tile!r}"
-            )
+        object.__setattr__(self, "tile", parse_tile(self.tile, "tile"))
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if self.bicubic is None and self.unknown is None:
