@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from ntire.data.challenge import Track
 from ntire.errors import ConfigError, one_line
 from ntire.fields import flag as flag  # re-exported: config modules declare flags with it
 from ntire.files import atomic_write_text
@@ -56,7 +57,7 @@ class DataConfig:
     name: str | None = None
     """Short data name used in the run name; default: the last folder name of `source`."""
 
-    track: Literal["bicubic", "unknown"] = field(default="bicubic", metadata=flag("--track"))
+    track: Track = field(default="bicubic", metadata=flag("--track"))
     """NTIRE degradation track: which LR images are paired with the HR ones."""
 
     train_indices: tuple[int, int] | None = None

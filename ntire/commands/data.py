@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from ntire.data.challenge import SCALES, TRACKS
 from ntire.options import byte_size
 from ntire.values import BYTES_HELP
 
@@ -34,10 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="shard folder")
     p.add_argument("--split", default="train", choices=("train", "valid"),
                    help="DIV2K split: train (0001-0800) or valid (0801-0900); default train")
-    p.add_argument("--track", default="bicubic", choices=("bicubic", "unknown"),
+    p.add_argument("--track", default="bicubic", choices=TRACKS,
                    help="which LR images go with the HR ones: DIV2K_<split>_LR_<track>; "
                    "default bicubic")
-    p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4], metavar="S",
+    p.add_argument("--scales", type=int, nargs="+", default=list(SCALES), choices=SCALES, metavar="S",
                    help="LR scales stored in every sample: 2 3 4 (default) for MDSR or x2/x3/x4 "
                    "runs alike, or only the one a model trains")
     p.add_argument("--indices", type=_indices, default=None,
@@ -60,9 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "or a shard folder (every shard against the manifest's sha256).")
     p.add_argument("--root", help="dataset folder to check")
     p.add_argument("--shards", help="shard folder to verify")
-    p.add_argument("--track", default="bicubic", choices=("bicubic", "unknown"),
+    p.add_argument("--track", default="bicubic", choices=TRACKS,
                    help="with --root: the LR folders to check (DIV2K_*_LR_<track>); default bicubic")
-    p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4], metavar="S",
+    p.add_argument("--scales", type=int, nargs="+", default=list(SCALES), choices=SCALES, metavar="S",
                    help="with --root: the scales to check, e.g. 2 3 4 (default)")
     p.add_argument("--decode", action="store_true", help="also decode every image (slow)")
 

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ntire.config import SUPPORTED_SCALES, from_dict, read_yaml
+from ntire.config import from_dict, read_yaml
+from ntire.data.challenge import SCALES, TRACKS
 from ntire.errors import CheckpointError, ConfigError
 from ntire.values import parse_tile
-
-TRACKS = ("bicubic", "unknown")
 
 DEFAULT_SELF_ENSEMBLE = {"bicubic": True, "unknown": False}
 """The paper's choice: the geometric ensemble assumes a symmetric degradation, so it is used on the
@@ -63,8 +62,8 @@ class ModelEntry:
         if not candidates or not all(isinstance(c, str) and c for c in candidates):
             raise ConfigError("checkpoint is empty")
         object.__setattr__(self, "checkpoint", candidates[0] if len(candidates) == 1 else candidates)
-        if not self.scales or any(s not in SUPPORTED_SCALES for s in self.scales):
-            raise ConfigError(f"scales must be drawn from {SUPPORTED_SCALES}, got {list(self.scales)}")
+        if not self.scales or any(s not in SCALES for s in self.scales):
+            raise ConfigError(f"scales must be drawn from {SCALES}, got {list(self.scales)}")
 
     @property
     def candidates(self) -> tuple[str, ...]:
