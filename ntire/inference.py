@@ -269,7 +269,7 @@ class TilePlan:
 def normalize_tile(tile: Tile) -> int | str | None:
     """`"auto"`, None (the whole image; 0 means the same) or a positive tile size; ConfigError
     else (`ntire.values.parse_tile`, the one check of every tile option)."""
-    return parse_tile(tile, "tile")
+    return parse_tile(tile, "tile") or None
 
 
 def activation_bytes_per_pixel(config: ModelConfig, scale: int, dtype: torch.dtype = torch.float32) -> int:

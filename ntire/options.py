@@ -125,7 +125,11 @@ def _typed(kind: type, flag: str) -> Any:
 def options_from_args(cls: type[T], args: argparse.Namespace) -> T:
     """The dataclass `cls` made of its fields given as flags (`add_config_arguments(parser, cls)`),
     the others at their defaults; validated by `cls` itself, errors naming the option."""
-    return from_dict(cls, overrides_from_args(args, cls), "command line")
+    given = overrides_from_args(args, cls)
+    if any(isinstance(v, dict) for v in given.values()):  # nested sections: coerced and checked per key
+        return from_dict(cls, given, "command line")
+    # argparse typed every value already; the class's own check names the flag.
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
 
 
 def overrides_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> dict[str, Any]:

@@ -59,15 +59,16 @@ TILE_HELP = (
 
 
 def parse_tile(value: object, where: str) -> int | Literal["auto"] | None:
-    """`auto` (any case), None or 0 (the whole image: None), or a positive number of LR pixels,
-    as text (a flag), YAML or Python; ConfigError naming `where` (the option or key) else."""
+    """`auto` (any case), None or 0 (both the whole image), or a positive number of LR pixels, as
+    text (a flag), YAML or Python; ConfigError naming `where` (the option or key) else. 0 stays 0
+    (where None means "not given", 0 still says "whole")."""
     if isinstance(value, str):
         text = value.strip().lower()
         if text == "auto":
             return "auto"
         value = int(text) if text.isdigit() else value
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        return value or None
+        return value
     raise ConfigError(f"{_culprit(where, value)}: expected auto, 0 (the whole image) or a positive number of LR pixels")
 
 

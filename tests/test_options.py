@@ -108,7 +108,7 @@ def test_help_lists_sections_and_defaults(capsys):
 
 def test_the_validation_tile_takes_what_every_tile_option_takes(capsys):
     assert config("--data.valid-tile", "auto").data.valid_tile == "auto"
-    assert config("--data.valid-tile", "0").data.valid_tile is None
+    assert config("--data.valid-tile", "0").data.valid_tile == 0
     assert config("--set", "data.valid_tile=96").data.valid_tile == 96
     assert config("--set", "data.valid_tile=AUTO").data.valid_tile == "auto"
     with pytest.raises(SystemExit):

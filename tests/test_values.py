@@ -30,7 +30,7 @@ def test_a_bad_size_is_one_line_naming_the_option_or_variable(bad):
 
 def test_tiles_are_auto_whole_or_a_size():
     assert parse_tile("auto", "--tile") == parse_tile(" Auto ", "--tile") == "auto"
-    assert parse_tile("0", "--tile") is None and parse_tile(0, "tile") is None and parse_tile(None, "tile") is None
+    assert parse_tile("0", "--tile") == 0 == parse_tile(0, "tile") and parse_tile(None, "tile") is None
     assert parse_tile("128", "--tile") == 128 == parse_tile(128, "tile")
 
 

@@ -162,7 +162,7 @@ def test_tile_is_auto_by_default_and_takes_whole_or_a_size(tmp_path):
     base = "name: x\nbicubic: {models: [{checkpoint: a, scales: [2]}]}\n"
     path.write_text(base)
     assert load_manifest(path).tile == "auto"
-    for text, want in (("auto", "auto"), ("AUTO", "auto"), ("0", None), ("null", None), ("256", 256)):
+    for text, want in (("auto", "auto"), ("AUTO", "auto"), ("0", 0), ("null", None), ("256", 256)):
         path.write_text(base + f"tile: {text}\n")
         assert load_manifest(path).tile == want, text
     for text in ("-1", "big", "true", "12.5"):
