@@ -14,7 +14,7 @@ with its scale bound, e.g. `lambda t: model(t, scale)`), and run everything on t
   hence of `ntire upscale`, the benchmark and the submission builder): the whole image if it fits
   the memory free on the device, else the largest tile that does, by a memory model of the network
   (`activation_bytes_per_pixel`, `estimate_memory`) rather than by trying. `NTIRE_MEMORY_BUDGET`
-  (e.g. `2G`) or a `memory_budget=` argument replaces the measured free memory.
+  (e.g. `2GiB`) or a `memory_budget=` argument replaces the measured free memory.
 - `precision` (`fp32`, `tf32`, `bf16`) and `channels_last` choose how the convolutions run:
   `precision_mode` sets TF32 and bf16 autocast for the duration of a call only. TF32 changes
   0.4-2.5% of 8-bit pixels and PSNR by at most 0.003 dB; bf16 costs PSNR (see BF16_COST), so the

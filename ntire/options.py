@@ -189,13 +189,11 @@ byte_size = argument_type(parse_bytes, "size")
 """argparse type for a size in bytes (`--shard-size 256MiB`): see ntire.values.parse_bytes."""
 
 
-def add_tile_argument(
-    parser: argparse.ArgumentParser, default: int | str | None = "auto", help: str = TILE_HELP
-) -> None:
-    """`--tile {auto,0,T}` (parsed by `tile_option`), passed on as `tile=` to ntire.inference."""
-    shown = "the manifest's" if default is None else default
-    parser.add_argument("--tile", type=tile_option, default=default, metavar="auto|0|T",
-                        help=f"{help} (default: {shown})")
+def add_tile_argument(parser: argparse.ArgumentParser) -> None:
+    """`--tile {auto,0,T}` (parsed by `tile_option`, default auto), passed on as `tile=` to
+    ntire.inference. `ntire submit` takes the same from its SubmitOptions.tile field."""
+    parser.add_argument("--tile", type=tile_option, default="auto", metavar="auto|0|T",
+                        help=f"{TILE_HELP} (default: auto)")
 
 
 PRECISION_HELP = (
