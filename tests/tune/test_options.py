@@ -81,3 +81,34 @@ def test_tune_help_imports_no_ray():
     code = ("import sys; from ntire.__main__ import main\ntry: main(['tune', '--help'])\nexcept SystemExit: pass\n"
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def _result(out):
+    from ntire.tune.sweep import SweepResult
+
+    return SweepResult(best_config=None, best_path=None, best_metrics={}, best_trial_id=None, trials=0, errors=0,
+                       complete=True, parent_run_id=None, tracking_uri=None, output_dir=out, results=None)
+
+
+def test_the_command_hands_the_parsed_options_to_the_sweep(monkeypatch, tmp_path):
+    import ntire.tune.sweep as sweep
+    from ntire.__main__ import main
+
+    seen = {}
+
+    def fake_run(config, space, options, *, output_dir, address):
+        seen.update(config=config, space=space, options=options, output_dir=output_dir, address=address)
+        return _result(tmp_path)
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_run)
+    monkeypatch.setattr(sweep, "resume_sweep", lambda out, address: seen.update(resumed=(out, address)) or
+                        _result(tmp_path))
+    (tmp_path / "data").mkdir()  # not the sample folder: nothing is built
+    argv = ["tune", "--config", "demo", "--set", f"data.source={tmp_path / 'data'}", "--set", "max_steps=40",
+            "--space", "tiny", "--num-samples", "2", "--seed", "5", "--quiet", "--output-dir", str(tmp_path / "s")]
+    assert main(argv) == 1  # no best trial from the fake sweep
+    assert seen["options"] == SweepOptions(num_samples=2, seed=5, verbose=0)
+    assert seen["config"].max_steps == 40 and seen["config"].data.batch_size == 8  # demo's, then --set
+    assert seen["output_dir"] == str(tmp_path / "s") and seen["address"] is None
+    assert main(["tune", "--resume", "--output-dir", str(tmp_path / "s"), "--address", "auto"]) == 1
+    assert seen["resumed"] == (str(tmp_path / "s"), "auto")
