@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from ntire.data.challenge import Track
 from ntire.errors import ConfigError, one_line
 from ntire.fields import flag as flag  # re-exported: config modules declare flags with it
 from ntire.files import atomic_write_text
@@ -38,6 +39,7 @@ from ntire.models.config import SUPPORTED_SCALES as SUPPORTED_SCALES
 from ntire.models.config import ModelConfig as ModelConfig
 from ntire.models.config import expand_model as expand_model
 from ntire.models.network import DIV2K_RGB_MEAN as DIV2K_RGB_MEAN
+from ntire.values import parse_tile
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 """The YAML configurations shipped with the package (`--config demo` finds `demo.yaml` here)."""
@@ -55,7 +57,7 @@ class DataConfig:
     name: str | None = None
     """Short data name used in the run name; default: the last folder name of `source`."""
 
-    track: Literal["bicubic", "unknown"] = field(default="bicubic", metadata=flag("--track"))
+    track: Track = field(default="bicubic", metadata=flag("--track"))
     """NTIRE degradation track: which LR images are paired with the HR ones."""
 
     train_indices: tuple[int, int] | None = None
@@ -67,8 +69,10 @@ class DataConfig:
     valid_indices: tuple[int, int] | None = None
     """First and last DIV2K validation image number (inclusive), e.g. [801, 810]; default all."""
 
-    valid_tile: int | None = None
-    """Validate in tiles of this many LR pixels (bounds memory on big images); default whole."""
+    valid_tile: int | str | None = field(default=None, metadata=flag(metavar="auto|0|T", parse=parse_tile))
+    """Validate in tiles of this many LR pixels (bounds memory on big images; the output is the
+    same); auto: whole if it fits the memory free on the device, else the largest tiles that fit;
+    null or 0: whole images (default)."""
 
     shard_dir: str | None = field(default=None, metadata=flag("--shard-dir", metavar="DIR"))
     """Where a dataset root is sharded to; default `<output_dir>/shards`. Reused when complete."""
@@ -109,7 +113,8 @@ class DataConfig:
             span = getattr(self, name)
             if span is not None and not (1 <= span[0] <= span[1]):
                 raise ConfigError(f"data.{name} must be [first, last] with 1 <= first <= last, got {list(span)}")
-        for name in ("valid_tile", "subimage", "subimage_step"):
+        object.__setattr__(self, "valid_tile", parse_tile(self.valid_tile, "data.valid_tile"))
+        for name in ("subimage", "subimage_step"):
             if getattr(self, name) is not None:
                 _positive(self, name, "data")
         if not self.source:
@@ -440,6 +445,8 @@ class Option:
     flags: tuple[str, ...] = ()
     """Short flags declared with `flag(...)`, besides the dotted one."""
     metavar: str | None = None
+    parse: Any = None
+    """The `parse(value, where)` declared with `flag(...)` that reads the value (ntire.values)."""
 
 
 def options(cls: type = None, prefix: str = "") -> list[Option]:  # type: ignore[assignment]
@@ -456,7 +463,7 @@ def options(cls: type = None, prefix: str = "") -> list[Option]:  # type: ignore
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         meta = f.metadata or {}
         out.append(Option(path, hints[f.name], default, docs.get(f.name, ""), tuple(meta.get("flags", ())),
-                          meta.get("metavar")))
+                          meta.get("metavar"), meta.get("parse")))
     return out
 
 

@@ -6,10 +6,13 @@ declare flags without importing the others.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
-def flag(*names: str, metavar: str | None = None) -> dict[str, Any]:
+def flag(*names: str, metavar: str | None = None, parse: Callable[[Any, str], Any] | None = None) -> dict[str, Any]:
     """Field metadata for the command line: the short flag(s) a field also answers to besides its
-    dotted name (`--batch-size` besides `--data.batch-size`), and the value's metavar."""
-    return {"flags": names, "metavar": metavar}
+    dotted name (`--batch-size` besides `--data.batch-size`), the value's metavar, and for a value
+    no type annotation describes (a tile: `auto` or a number) the `parse(value, where)` of
+    ntire.values that reads it, raising ConfigError."""
+    return {"flags": names, "metavar": metavar, "parse": parse}

@@ -14,7 +14,7 @@ with its scale bound, e.g. `lambda t: model(t, scale)`), and run everything on t
   hence of `ntire upscale`, the benchmark and the submission builder): the whole image if it fits
   the memory free on the device, else the largest tile that does, by a memory model of the network
   (`activation_bytes_per_pixel`, `estimate_memory`) rather than by trying. `NTIRE_MEMORY_BUDGET`
-  (e.g. `2G`) or a `memory_budget=` argument replaces the measured free memory.
+  (e.g. `2GiB`) or a `memory_budget=` argument replaces the measured free memory.
 - `precision` (`fp32`, `tf32`, `bf16`) and `channels_last` choose how the convolutions run:
   `precision_mode` sets TF32 and bf16 autocast for the duration of a call only. TF32 changes
   0.4-2.5% of 8-bit pixels and PSNR by at most 0.003 dB; bf16 costs PSNR (see BF16_COST), so the
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +37,7 @@ from ntire.config import ModelConfig
 from ntire.errors import ConfigError
 from ntire.models.build import activation_elements_per_pixel, receptive_field_radius
 from ntire.models.network import SRNetwork
+from ntire.values import Tile, parse_bytes, parse_tile
 
 Forward = Callable[[Tensor], Tensor]
 """A batched image-to-image function: (N, C, h, w) -> (N, C', h*scale, w*scale)."""
@@ -222,13 +222,10 @@ def _check_batch(x: Tensor) -> None:
 # --------------------------------------------------------------------------------------------
 # Choosing the tile: a memory model of the network and the memory actually free
 
-Tile = int | str | None
-"""A tile request: `"auto"` (the largest that fits the free memory; the whole image when it
-fits), None or 0 (the whole image), or N (cores of at most N x N LR pixels)."""
-
 MEMORY_BUDGET_ENV = "NTIRE_MEMORY_BUDGET"
-"""Environment variable that replaces the measured free memory for `tile="auto"`: bytes, or a
-number with a binary unit (`512M`, `1.5G`, `2GiB`). For tests, and for sharing a device."""
+"""Environment variable that replaces the measured free memory for `tile="auto"`: a byte size as
+`ntire.values.parse_bytes` reads it (`2GiB` = 2^31 bytes, `2G` = 2 * 10^9). For tests, and for
+sharing a device."""
 
 SAFETY_FACTOR = 1.5
 """The estimate's margin over the tensors the model counts: convolution workspaces (cuDNN,
@@ -270,12 +267,9 @@ class TilePlan:
 
 
 def normalize_tile(tile: Tile) -> int | str | None:
-    """`"auto"`, None (the whole image; 0 means the same) or a positive tile size; ValueError else."""
-    if isinstance(tile, str) and tile.strip().lower() == "auto":
-        return "auto"
-    if tile is None or (isinstance(tile, int) and not isinstance(tile, bool) and tile >= 0):
-        return tile or None
-    raise ValueError(f"tile must be 'auto', None, 0 (whole image) or a positive integer, got {tile!r}")
+    """`"auto"`, None (the whole image; 0 means the same) or a positive tile size; ConfigError
+    else (`ntire.values.parse_tile`, the one check of every tile option)."""
+    return parse_tile(tile, "tile") or None
 
 
 def activation_bytes_per_pixel(config: ModelConfig, scale: int, dtype: torch.dtype = torch.float32) -> int:
@@ -413,17 +407,6 @@ def resolve_memory_budget(device: str | torch.device, budget: int | None = None)
     if text:
         return parse_bytes(text, MEMORY_BUDGET_ENV), f"allowed by {MEMORY_BUDGET_ENV}"
     return free_memory(device), f"free on {device}"
-
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-
-def parse_bytes(text: str, what: str = "memory size") -> int:
-    """`123456`, `512M`, `1.5G`, `2GiB`, `64 kb` -> bytes (units are binary); ConfigError else."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
-    if not match:
-        raise ConfigError(f"{what}={text!r}: expected a number of bytes, e.g. 2G, 512M or 1000000")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
 def format_bytes(n: float) -> str:
@@ -668,7 +651,6 @@ __all__: Sequence[str] = [
     "free_memory",
     "geometric_transforms",
     "normalize_tile",
-    "parse_bytes",
     "plan_tiles",
     "precision_mode",
     "resolve_precision",

@@ -17,35 +17,51 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from ntire.config import MODEL_PRESETS, Option, TrainConfig, build_config, merge, options, parse_set
+from ntire.config import MODEL_PRESETS, Option, TrainConfig, build_config, from_dict, merge, options, parse_set
 from ntire.errors import ConfigError, one_line
+from ntire.values import TILE_HELP, parse_bytes, parse_tile
+
+T = TypeVar("T")
 
 LAUNCHER_FLAGS = ("config", "model", "set", "print_config")
 """Destinations of the flags that are not config fields."""
+
+CONFIG_HELP = (
+    "training config YAML: a path or a shipped name (demo, edsr_x2, ...; see ntire/configs/). "
+    "Default: none, the built-in defaults (EDSR baseline x2 on the sample data in data/sample)"
+)
+
+SET_HELP = "override any training config field with a YAML value, e.g. --set data.valid_tile=null (repeatable)"
+
+
+def add_config_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` and `--set KEY=VALUE`, the training config's file and overrides, the same
+    for every command that builds one (`ntire train`, `ntire tune`): `config_from_args` reads them."""
+    parser.add_argument("--config", metavar="FILE", default=None, help=CONFIG_HELP)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[], help=SET_HELP)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The training options (`ntire train` and `ntire/train.py`): --config, --model, --set,
     --print-config, then one flag per config field, grouped by section."""
     p = parser
-    p.add_argument("--config", metavar="FILE", help="YAML config: a path or a shipped name (demo, edsr_x2, ...)")
+    add_config_file_arguments(p)
     p.add_argument("--model", choices=tuple(MODEL_PRESETS), help="network preset (replaces the config's architecture)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                   help="override any config field with a YAML value, e.g. --set data.valid_tile=null (repeatable)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     add_config_arguments(p, TrainConfig)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per leaf field of the config dataclass `cls`, in a group per section."""
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
+    """One flag per leaf field of the config dataclass `cls`, in a group per section (top-level
+    fields in the group `title`, default "run options")."""
     p = parser
     groups: dict[str, argparse._ArgumentGroup] = {}
     for option in options(cls):
         section = option.path.rpartition(".")[0] or "run"
         if section not in groups:
-            groups[section] = p.add_argument_group(f"{section} options" if section != "run" else "run options")
+            groups[section] = p.add_argument_group(f"{section} options" if section != "run" else title or "run options")
         _add_option(groups[section], option)
 
 
@@ -55,25 +71,36 @@ def _add_option(group: argparse._ArgumentGroup, option: Option) -> None:
     help_text = option.doc.replace("%", "%%")
     hint = _non_optional(option.hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is bool:
+    if option.parse is not None:
+        kwargs["type"] = argument_type(option.parse, option.path.rpartition(".")[2])
+        kwargs["metavar"] = option.metavar or "VALUE"
+    elif hint is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif origin is Literal:
         kwargs["choices"] = args
+        kwargs["type"] = _typed(type(args[0]), names[0])
     elif origin is tuple:
         item = args[0] if args else str
+        if typing.get_origin(item) is Literal:  # several of a fixed set, e.g. tracks or scales
+            kwargs["choices"] = typing.get_args(item)
+            item = type(kwargs["choices"][0])
         kwargs["type"] = _typed(item, names[0])
         kwargs["nargs"] = "+" if len(args) == 2 and args[1] is Ellipsis else len(args)
-        kwargs["metavar"] = option.metavar or item.__name__.upper()
+        kwargs["metavar"] = option.metavar or (None if "choices" in kwargs else item.__name__.upper())
     elif hint in (int, float, str):
         kwargs["type"] = _typed(hint, names[0])
         kwargs["metavar"] = option.metavar or {int: "N", float: "X", str: "TEXT"}[hint]
     else:  # pragma: no cover - a new field type needs a rule here (a test builds every flag)
         raise TypeError(f"{option.path}: no command-line form for {hint}")
+    if kwargs.get("metavar") is None:
+        kwargs.pop("metavar", None)
     default = option.default
     shown = "none" if default is None else " ".join(map(str, default)) if isinstance(default, tuple) else default
     if option.path == "model.scales":
         shown = "2; MDSR 2 3 4"
-    group.add_argument(*names, help=f"{help_text} (default: {shown})", **kwargs)
+    # A field whose default is None and whose docstring says what that means needs no "(default: none)".
+    suffix = "" if default is None and "default" in option.doc.lower() else f" (default: {shown})"
+    group.add_argument(*names, help=f"{help_text}{suffix}", **kwargs)
 
 
 def _non_optional(hint: Any) -> Any:
@@ -93,6 +120,16 @@ def _typed(kind: type, flag: str) -> Any:
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+def options_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """The dataclass `cls` made of its fields given as flags (`add_config_arguments(parser, cls)`),
+    the others at their defaults; validated by `cls` itself, errors naming the option."""
+    given = overrides_from_args(args, cls)
+    if any(isinstance(v, dict) for v in given.values()):  # nested sections: coerced and checked per key
+        return from_dict(cls, given, "command line")
+    # argparse typed every value already; the class's own check names the flag.
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
 
 
 def overrides_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> dict[str, Any]:
@@ -131,31 +168,32 @@ def positive_int(text: str) -> int:
     return value
 
 
-TILE_HELP = (
-    "tile size in LR pixels: auto (default) runs each image whole if it fits the memory free on the device "
-    "(or $NTIRE_MEMORY_BUDGET, e.g. 2G), else in the largest tiles that fit; 0 forces the whole image, "
-    "T forces T x T tiles (e.g. 128). The output is identical either way"
-)
+def argument_type(parse: Any, name: str) -> Any:
+    """An argparse type from one of ntire.values' parsers, so a flag, a YAML key and an environment
+    variable are checked by the same function with the same message (argparse names the flag)."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text, "")
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = name  # argparse names the type in its messages
+    return convert
 
 
-def tile_option(text: str) -> int | str:
-    """argparse type for --tile: `auto`, 0 (the whole image) or a positive number of LR pixels."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected auto, 0 (whole image) or a positive integer, got {text!r}")
-    return value
+tile_option = argument_type(parse_tile, "tile")
+"""argparse type for --tile: `auto`, 0 (the whole image) or a positive number of LR pixels."""
+
+byte_size = argument_type(parse_bytes, "size")
+"""argparse type for a size in bytes (`--shard-size 256MiB`): see ntire.values.parse_bytes."""
 
 
-def add_tile_argument(
-    parser: argparse.ArgumentParser, default: int | str | None = "auto", help: str = TILE_HELP
-) -> None:
-    """`--tile {auto,0,T}` (parsed by `tile_option`), passed on as `tile=` to ntire.inference."""
-    parser.add_argument("--tile", type=tile_option, default=default, metavar="T", help=help)
+def add_tile_argument(parser: argparse.ArgumentParser) -> None:
+    """`--tile {auto,0,T}` (parsed by `tile_option`, default auto), passed on as `tile=` to
+    ntire.inference. `ntire submit` takes the same from its SubmitOptions.tile field."""
+    parser.add_argument("--tile", type=tile_option, default="auto", metavar="auto|0|T",
+                        help=f"{TILE_HELP} (default: auto)")
 
 
 PRECISION_HELP = (
@@ -220,10 +258,14 @@ def resolve_device(name: str | None, option: str = "--device") -> Any:
 
 __all__ = [
     "add_config_arguments",
+    "add_config_file_arguments",
+    "options_from_args",
     "add_device_argument",
     "add_precision_argument",
     "add_tile_argument",
     "add_train_arguments",
+    "argument_type",
+    "byte_size",
     "config_from_args",
     "overrides_from_args",
     "positive_int",

@@ -10,6 +10,7 @@ from typing import Literal
 import pytest
 
 from ntire.config import TrainConfig, field_docs, flag, options
+from ntire.errors import ConfigError
 from ntire.options import add_config_arguments, add_train_arguments, config_from_args, overrides_from_args
 
 
@@ -103,3 +104,15 @@ def test_help_lists_sections_and_defaults(capsys):
     out = capsys.readouterr().out
     assert "data options:" in out and "optim options:" in out
     assert "--batch-size N" in out and "(default: 16)" in out
+
+
+def test_the_validation_tile_takes_what_every_tile_option_takes(capsys):
+    assert config("--data.valid-tile", "auto").data.valid_tile == "auto"
+    assert config("--data.valid-tile", "0").data.valid_tile == 0
+    assert config("--set", "data.valid_tile=96").data.valid_tile == 96
+    assert config("--set", "data.valid_tile=AUTO").data.valid_tile == "auto"
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--data.valid-tile", "-3"])
+    assert "argument --data.valid-tile: '-3': expected auto, 0 (the whole image)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"data.valid_tile='big': expected auto, 0 \(the whole image\)"):
+        config("--set", "data.valid_tile=big")

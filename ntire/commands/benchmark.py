@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ntire.data.challenge import SCALES
 from ntire.options import add_device_argument, add_tile_argument, positive_int
 
 HELP = "score a checkpoint on Set5/Set14/B100/Urban100/DIV2K like the paper's Table 3"
@@ -52,15 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sets to score, e.g. Set5 Set14 B100 Urban100 DIV2K (default: every set under --root)",
     )
     parser.add_argument(
-        "--scales", nargs="+", type=int, choices=(2, 3, 4), default=None,
+        "--scales", nargs="+", type=int, choices=SCALES, default=None,
         help="default: every scale the checkpoints serve"
     )
     parser.add_argument(
         "--self-ensemble", action="store_true",
         help="also score the model with geometric self-ensemble (the '+' column)"
     )
-    add_tile_argument(parser, help="tile size in LR pixels: auto (default; fit the free memory), 0 whole image, "
-                      "T tiles of T (same scores)")
+    add_tile_argument(parser)
     parser.add_argument("--max-batch", type=positive_int, default=4, metavar="N",
                         help="tiles per forward pass (default 4)")
     add_device_argument(parser)

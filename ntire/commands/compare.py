@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ntire.options import add_device_argument, add_force_argument, positive_int
+from ntire.options import add_device_argument, add_force_argument, add_tile_argument, positive_int
 
 HELP = "draw a paper-style comparison figure: HR with a box, labelled crops of bicubic and each model"
 
@@ -37,8 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=("benchmark", "div2k"), default="benchmark",
                         help="scores: benchmark (Y channel, S border pixels ignored; default) or div2k "
                         "(RGB, S+6 ignored)")
-    parser.add_argument("--tile", type=positive_int, default=None, metavar="T",
-                        help="run in T x T LR-pixel tiles to bound memory (same output)")
+    add_tile_argument(parser)
     parser.add_argument("--max-batch", type=positive_int, default=4, metavar="N",
                         help="most images (tiles or ensemble variants) per forward pass (default 4)")
     add_device_argument(parser)
@@ -114,5 +113,6 @@ def _upscale(model, config, lr, scale, ensemble, args, device, path):
                              device=device, max_batch=args.max_batch)
     except torch.OutOfMemoryError:
         raise ConfigError(
-            f"{path}: out of memory on {device}; use --tile (e.g. --tile 128) or a smaller --max-batch"
+            f"{path}: out of memory on {device} (--tile {args.tile}); use a smaller --tile (e.g. --tile 128) "
+            "or --max-batch"
         ) from None

@@ -5,18 +5,11 @@ from __future__ import annotations
 import argparse
 import re
 
+from ntire.data.challenge import SCALES, TRACKS
+from ntire.options import byte_size
+from ntire.values import BYTES_HELP
+
 HELP = "prepare data: the bundled sample dataset, WebDataset shards, checks"
-
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-          "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
-
-
-def _size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256MiB, 1GB, 5000000)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
 
 def _indices(text: str) -> range:
     m = re.fullmatch(r"(\d+)-(\d+)", text.strip())
@@ -42,10 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="shard folder")
     p.add_argument("--split", default="train", choices=("train", "valid"),
                    help="DIV2K split: train (0001-0800) or valid (0801-0900); default train")
-    p.add_argument("--track", default="bicubic", choices=("bicubic", "unknown"),
+    p.add_argument("--track", default="bicubic", choices=TRACKS,
                    help="which LR images go with the HR ones: DIV2K_<split>_LR_<track>; "
                    "default bicubic")
-    p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4], metavar="S",
+    p.add_argument("--scales", type=int, nargs="+", default=list(SCALES), choices=SCALES, metavar="S",
                    help="LR scales stored in every sample: 2 3 4 (default) for MDSR or x2/x3/x4 "
                    "runs alike, or only the one a model trains")
     p.add_argument("--indices", type=_indices, default=None,
@@ -55,9 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--step", type=int, default=240, help="distance between sub-images")
     p.add_argument("--encoding", default="npy", choices=("npy", "png"),
                    help="npy: raw uint8, fast to decode (default); png: smaller")
-    p.add_argument("--shard-size", type=_size, default="256MiB",
-                   help="target shard size (default 256MiB; a few MiB for the sample dataset, so "
-                   "every rank and worker gets shards of its own)")
+    p.add_argument("--shard-size", type=byte_size, default="256MiB", metavar="SIZE",
+                   help=f"target shard size: {BYTES_HELP} (default 256MiB; a few MiB for the sample dataset, "
+                   "so every rank and worker gets shards of its own)")
     p.add_argument("--mix", type=int, default=16,
                    help="images whose sub-images are shuffled together")
     p.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
@@ -68,9 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "or a shard folder (every shard against the manifest's sha256).")
     p.add_argument("--root", help="dataset folder to check")
     p.add_argument("--shards", help="shard folder to verify")
-    p.add_argument("--track", default="bicubic", choices=("bicubic", "unknown"),
+    p.add_argument("--track", default="bicubic", choices=TRACKS,
                    help="with --root: the LR folders to check (DIV2K_*_LR_<track>); default bicubic")
-    p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4], metavar="S",
+    p.add_argument("--scales", type=int, nargs="+", default=list(SCALES), choices=SCALES, metavar="S",
                    help="with --root: the scales to check, e.g. 2 3 4 (default)")
     p.add_argument("--decode", action="store_true", help="also decode every image (slow)")
 

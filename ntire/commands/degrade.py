@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ntire.data.challenge import TRACKS
 from ntire.options import add_force_argument, positive_int
 
 HELP = "make LR images from HR: MATLAB bicubic (track 1) or the unknown-track stand-in (track 2)"
 
-_TRACKS = ("bicubic", "unknown")  # ntire.data.degrade.TRACKS; repeated to keep numpy out of --help
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--track",
         required=True,
-        choices=_TRACKS,
+        choices=TRACKS,
         help="bicubic: MATLAB imresize, as DIV2K's LR_bicubic; unknown: a documented blur + "
         "decimation stand-in (the real operator is unpublished; use DIV2K's LR_unknown to train)",
     )

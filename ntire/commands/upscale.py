@@ -7,7 +7,7 @@ existing folder) or a folder (DST is a folder, created if needed).
 `--tile` bounds memory without changing a single output value (tiles overlap by the network's
 receptive-field radius); `--self-ensemble` runs inside each tile, so it stays bounded too. By
 default (`--tile auto`) each image runs whole if it fits the memory free on the device, else in the
-largest tiles that fit (`ntire.inference.plan_tiles`); `NTIRE_MEMORY_BUDGET=2G` replaces the
+largest tiles that fit (`ntire.inference.plan_tiles`); `NTIRE_MEMORY_BUDGET=2GiB` replaces the
 measured free memory. `--precision` (default tf32 on CUDA, fp32 elsewhere) and channels_last on
 CUDA are those of `ntire submit`.
 """

@@ -55,7 +55,7 @@ import numpy as np
 
 from ntire.errors import ConfigError, ImageError
 
-TRACKS = ("bicubic", "unknown")
+from ntire.data.challenge import TRACKS
 
 CUBIC_A = -0.5
 """The cubic convolution coefficient MATLAB's imresize uses."""

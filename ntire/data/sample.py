@@ -22,10 +22,11 @@ from typing import Callable
 
 import numpy as np
 
+from ntire.data.challenge import SCALES
 from ntire.files import atomic_write_text
 from ntire.images import write_png
 
-SAMPLE_SCALES = (2, 3, 4)
+SAMPLE_SCALES = SCALES
 BENCHMARK_SET = "Sample5"
 _MARKER = ".ntire-sample-complete"
 _VERSION = "1"  # bump when the content changes, so an old build is rebuilt rather than reused

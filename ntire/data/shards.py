@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ntire.data.challenge import SCALES, TRACKS, Track
 from ntire.data.layout import ImagePair, image_size
 from ntire.errors import DataError, ImageError, WriteError
 from ntire.files import atomic_path, atomic_write_text, sha256_file
@@ -78,7 +79,7 @@ class ShardInfo:
 class ShardManifest:
     """What a shard folder holds; written as manifest.json beside the shards."""
 
-    track: str
+    track: Track
     """Degradation track of the LR images (bicubic or unknown)."""
 
     scales: tuple[int, ...]
@@ -152,6 +153,9 @@ class ShardManifest:
                 raise DataError(
                     f"{source}: not an ntire shard manifest (format {d.get('format')!r})"
                 )
+            if d["track"] not in TRACKS or not d["scales"] or any(s not in SCALES for s in d["scales"]):
+                raise DataError(f"{source}: track {d['track']!r} and scales {list(d['scales'])} are not among "
+                                f"the challenge's ({', '.join(TRACKS)}; {', '.join(map(str, SCALES))})")
             return cls(**d)
         except (KeyError, TypeError) as e:
             raise DataError(f"{source}: malformed shard manifest ({e})") from None

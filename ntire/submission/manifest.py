@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ntire.config import SUPPORTED_SCALES, from_dict, read_yaml
+from ntire.config import from_dict, read_yaml
+from ntire.data.challenge import SCALES, TRACKS
 from ntire.errors import CheckpointError, ConfigError
-
-TRACKS = ("bicubic", "unknown")
+from ntire.values import parse_tile
 
 DEFAULT_SELF_ENSEMBLE = {"bicubic": True, "unknown": False}
 """The paper's choice: the geometric ensemble assumes a symmetric degradation, so it is used on the
@@ -62,8 +62,8 @@ class ModelEntry:
         if not candidates or not all(isinstance(c, str) and c for c in candidates):
             raise ConfigError("checkpoint is empty")
         object.__setattr__(self, "checkpoint", candidates[0] if len(candidates) == 1 else candidates)
-        if not self.scales or any(s not in SUPPORTED_SCALES for s in self.scales):
-            raise ConfigError(f"scales must be drawn from {SUPPORTED_SCALES}, got {list(self.scales)}")
+        if not self.scales or any(s not in SCALES for s in self.scales):
+            raise ConfigError(f"scales must be drawn from {SCALES}, got {list(self.scales)}")
 
     @property
     def candidates(self) -> tuple[str, ...]:
@@ -134,12 +134,7 @@ class SubmissionManifest:
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"name must be a non-empty file-name-safe string, got {self.name!r}")
-        if isinstance(self.tile, str) and self.tile.strip().lower() == "auto":
-            object.__setattr__(self, "tile", "auto")
-        elif self.tile is not None and (isinstance(self.tile, (bool, str)) or self.tile < 0):
-            raise ConfigError(
-                f"tile must be auto, 0 or null (whole images) or a positive number of LR pixels, got {self.tile!r}"
-            )
+        object.__setattr__(self, "tile", parse_tile(self.tile, "tile"))
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if self.bicubic is None and self.unknown is None:

@@ -36,13 +36,14 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ray import tune
 
 from ntire.config import TrainConfig, config_to_yaml, data_name, flatten, from_dict, read_yaml, save_yaml, to_dict
 from ntire.errors import ConfigError
 from ntire.files import atomic_write_text
+from ntire.tune.options import SweepOptions as SweepOptions  # re-exported: run_sweep's callers import it here
 from ntire.tune.space import SearchSpace, apply_params, check_space, parse_space
 from ntire.tune.trial import METRIC, MODE, TIME_ATTR, TrialSetup, run_distributed_trial, run_trial
 
@@ -55,59 +56,6 @@ BEST_FILE = "best.yaml"
 # Fields that decide which shards training reads; sweeping them makes each trial shard for itself.
 _SHARD_FIELDS = ("model.kind", "model.scales", "data.track", "data.train_indices", "data.subimage",
                  "data.subimage_step")
-
-
-@dataclass(frozen=True)
-class SweepOptions:
-    """How a sweep runs (what `ntire tune` takes besides the config and the space)."""
-
-    num_samples: int = 4
-    """Trials drawn from the space (times the grid's combinations, if any)."""
-
-    scheduler: Literal["asha", "fifo"] = "asha"
-    """`asha`: stop poor trials early at the validation steps; `fifo`: run every trial to the end."""
-
-    reduction_factor: int = 2
-    """ASHA keeps about 1/reduction_factor of the trials at each rung."""
-
-    cpus_per_trial: float = 1.0
-    """CPUs per trial (per worker when workers_per_trial > 1)."""
-
-    gpus_per_trial: float = 0.0
-    """GPUs per trial (per worker when workers_per_trial > 1)."""
-
-    workers_per_trial: int = 1
-    """Training processes per trial; more than 1 runs each trial as a Ray Train TorchTrainer."""
-
-    max_concurrent: int | None = None
-    """Trials running at once; default as many as the resources allow."""
-
-    max_failures: int = 2
-    """Times a crashed trial is retried from its last checkpoint."""
-
-    seed: int | None = 0
-    """Seed of the random search (None: a different draw each time)."""
-
-    storage: str | None = None
-    """Where Ray keeps trial results and checkpoints (a folder or s3://...; every node must reach
-    it on a multi-node cluster); default the sweep's output folder."""
-
-    verbose: int = 1
-    """Ray Tune's console output: 0 silent, 1 status table, 2 every result."""
-
-    def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise ConfigError(f"--num-samples must be positive, got {self.num_samples}")
-        if self.workers_per_trial < 1:
-            raise ConfigError(f"--workers-per-trial must be positive, got {self.workers_per_trial}")
-        if self.cpus_per_trial < 0 or self.gpus_per_trial < 0:
-            raise ConfigError("--cpus-per-trial and --gpus-per-trial must be >= 0")
-        if self.max_failures < 0:
-            raise ConfigError(f"--max-failures must be >= 0, got {self.max_failures}")
-        if self.reduction_factor < 2:
-            raise ConfigError(f"the ASHA reduction factor must be >= 2, got {self.reduction_factor}")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ConfigError(f"--max-concurrent must be positive, got {self.max_concurrent}")
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def test_a_small_memory_budget_tiles_and_changes_nothing(checkpoints, tmp_path, 
 def test_a_budget_too_small_for_any_tile_is_one_line_naming_the_memory(checkpoints, tmp_path, rng, capsys,
                                                                        monkeypatch):
     _save(tmp_path / "a.png", rng.integers(0, 256, (60, 52, 3), dtype=np.uint8))
-    monkeypatch.setenv("NTIRE_MEMORY_BUDGET", "64K")
+    monkeypatch.setenv("NTIRE_MEMORY_BUDGET", "64KiB")
     err = _fails(capsys, checkpoints["edsr"], 2, tmp_path / "a.png", tmp_path / "o.png")
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"ntire upscale: error: {tmp_path / 'a.png'}: a 52x60 LR image")
@@ -169,7 +169,7 @@ def test_bad_inputs_and_options_are_reported_not_raised(checkpoints, tmp_path, r
     assert "missing.png" in _fails(capsys, ckpt, 2, tmp_path / "missing.png", tmp_path / "o.png")
     for bad in ("-3", "big"):
         err = _fails(capsys, ckpt, 2, tmp_path / "clear.png", tmp_path / "o.png", "--tile", bad)
-        assert f"argument --tile: expected auto, 0 (whole image) or a positive integer, got {bad!r}" in err
+        assert f"argument --tile: {bad!r}: expected auto, 0 (the whole image) or a positive number" in err
     assert "overwrite" in _fails(capsys, ckpt, 2, tmp_path, tmp_path)
     assert "no such checkpoint" in _fails(capsys, tmp_path / "nope", 2, tmp_path / "clear.png", tmp_path / "o.png")
     assert not (tmp_path / "o.png").exists()

@@ -38,6 +38,14 @@ def test_manifest_describes_the_shards(shard_dir, train_pairs):
     assert verify_shards(shard_dir).total_samples == m.total_samples
 
 
+@pytest.mark.parametrize("change", [{"track": "blurry"}, {"scales": [2, 8]}])
+def test_a_manifest_outside_the_challenge_tracks_and_scales_is_refused(shard_dir, tmp_path, change):
+    data = json.loads((shard_dir / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**data, **change}))
+    with pytest.raises(DataError, match=r"manifest.json: track .* are not among the challenge's \(bicubic, unknown; 2, 3, 4\)"):
+        read_manifest(tmp_path)
+
+
 def test_samples_are_aligned_crops_of_the_source(shard_dir, train_pairs):
     import webdataset as wds
 

@@ -176,7 +176,7 @@ def test_a_memory_budget_too_small_for_any_tile_stops_the_build_naming_the_memor
 ):
     from ntire.inference import MemoryBudgetError
 
-    monkeypatch.setenv("NTIRE_MEMORY_BUDGET", "1K")
+    monkeypatch.setenv("NTIRE_MEMORY_BUDGET", "1KiB")
     manifest = load_manifest(write_manifest(tmp_path, tile="auto"))
     with pytest.raises(MemoryBudgetError, match=r"needs about .* 1 KiB is allowed by NTIRE_MEMORY_BUDGET"):
         build(manifest, tmp_path / "out", "unknown", scales=(2,))

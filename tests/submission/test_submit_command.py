@@ -108,10 +108,10 @@ def test_submit_bad_option_is_one_line(tmp_path, argv):
     if argv[0] == "--device":
         assert len(lines) == 1 and lines[0].startswith("ntire submit: error: --device foo: not a torch device"), lines
     elif argv[0] == "--tile":
-        want = "expected auto, 0 (whole image) or a positive integer"
-        assert lines[-1].endswith(f"argument --tile: {want}, got {argv[1]!r}"), lines
+        want = "expected auto, 0 (the whole image) or a positive number of LR pixels"
+        assert lines[-1].endswith(f"argument --tile: {argv[1]!r}: {want}"), lines
     else:
-        assert lines[-1].endswith(f"argument {argv[0]}: expected a positive integer, got {argv[1]!r}"), lines
+        assert lines == [f"ntire submit: error: {argv[0]} must be a positive integer, got {argv[1]}"], lines
 
 
 @pytest.mark.parametrize("precision, error", [
