@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ntire.data.challenge import SCALES
 from ntire.errors import ConfigError
 from ntire.fields import flag
 from ntire.models.network import DIV2K_RGB_MEAN, Network
@@ -23,7 +24,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 """The paper's four networks; `ModelConfig.preset` builds a config from one of these names. Their
 `scales` are the default when none are given; any scales keep the preset's name."""
 
-SUPPORTED_SCALES = (2, 3, 4)
+SUPPORTED_SCALES = SCALES
+"""The scales a network may serve: the challenge's (ntire.data.challenge)."""
 
 
 def network_of(kind: str) -> Network:
