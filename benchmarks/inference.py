@@ -15,7 +15,7 @@ EDSR baseline on 510x339 (the x4 LR of a DIV2K image) in tiles of 256, EDSR on 1
 overlap (the receptive-field radius, 68 LR pixels) makes each of the 2 windows span the whole
 image, so that row shows only exactness and the price of tiling a small image.
 
-Each configuration also prints what ntire's memory model (`ntire.inference.estimate_memory`,
+Each configuration also prints what ntire's memory model (`ntire.tiles.estimate_memory`,
 without its safety factor) predicts for it, beside the measured peak, and what `--tile auto` (the
 default of `ntire upscale`, the benchmark and the submission builder) would choose for that input
 with the memory free in the child at that point: the check of the model on real hardware.
@@ -49,7 +49,7 @@ class Case:
     height: int
     """LR input height."""
     tile: int | str | None
-    """Tile size in LR pixels, None for the whole image, or "auto" (ntire.inference.plan_tiles)."""
+    """Tile size in LR pixels, None for the whole image, or "auto" (ntire.tiles.plan_tiles)."""
     self_ensemble: bool
     max_batch: int
     device: str
@@ -85,8 +85,9 @@ def child(case: Case) -> dict:
     import torch
 
     from ntire.config import ModelConfig
-    from ntire.inference import estimate_memory, format_bytes, free_memory, plan_tiles, upscale_tensor
+    from ntire.inference import upscale_tensor
     from ntire.models.build import build_model
+    from ntire.tiles import estimate_memory, format_bytes, free_memory, plan_tiles
 
     config = ModelConfig.preset(case.model, scales=case.scale)
     torch.manual_seed(0)
@@ -181,15 +182,15 @@ def main() -> None:
     memory = "CUDA max_memory_allocated" if cuda else "peak RSS (ru_maxrss)"
     print(f"ntire inference benchmark on {where}; float32, random weights, one timed pass each")
     print(f"memory: {memory} above the level with model and input loaded; "
-          "model: ntire.inference.estimate_memory without its safety factor")
+          "model: ntire.tiles.estimate_memory without its safety factor")
     if not cuda:
         print("CPU run: inputs are smaller than DIV2K's 2040x1356 (sizes below) to keep it to minutes")
         print("time ratios use CPU seconds (user + system), which a busy shared machine disturbs less than wall time")
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     started = time.perf_counter()
     from ntire.config import ModelConfig
-    from ntire.inference import tile_layout
     from ntire.models.build import receptive_field_radius
+    from ntire.tiles import tile_layout
 
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, base, other) in enumerate(plan(device)):

@@ -16,7 +16,9 @@ from torch.utils._pytree import tree_flatten
 import ntire.inference
 from ntire.config import ModelConfig
 from ntire.errors import ConfigError
-from ntire.inference import (
+from ntire.inference import geometric_transforms, self_ensemble, tiled_forward, upscale_image, upscale_tensor
+from ntire.models.build import build_model, receptive_field_radius
+from ntire.tiles import (
     MEMORY_BUDGET_ENV,
     MIN_TILE_OVERLAPS,
     SAFETY_FACTOR,
@@ -25,17 +27,11 @@ from ntire.inference import (
     activation_bytes_per_pixel,
     estimate_memory,
     free_memory,
-    geometric_transforms,
     normalize_tile,
     plan_tiles,
     resolve_memory_budget,
-    self_ensemble,
     tile_layout,
-    tiled_forward,
-    upscale_image,
-    upscale_tensor,
 )
-from ntire.models.build import build_model, receptive_field_radius
 
 
 class StandInSR(nn.Module):

@@ -48,8 +48,9 @@ def _check_tiling(run: Run, sec: Section) -> None:
     import torch
 
     from ntire.images import image_to_tensor
-    from ntire.inference import tile_layout, upscale_image, upscale_tensor
+    from ntire.inference import upscale_image, upscale_tensor
     from ntire.models.build import build_model, receptive_field_radius
+    from ntire.tiles import tile_layout
 
     config = run.model_config("edsr", (2,))
     torch.manual_seed(0)

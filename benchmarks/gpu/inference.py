@@ -14,8 +14,9 @@ def section_inference(run: Run, sec: Section) -> None:
     import torch
 
     from ntire.images import read_image, write_png
-    from ntire.inference import tile_layout, upscale_image
+    from ntire.inference import upscale_image
     from ntire.models.build import build_model, receptive_field_radius
+    from ntire.tiles import tile_layout
 
     s = run.sizes
     hr_h, hr_w = s.infer_hr

@@ -7,7 +7,7 @@ existing folder) or a folder (DST is a folder, created if needed).
 `--tile` bounds memory without changing a single output value (tiles overlap by the network's
 receptive-field radius); `--self-ensemble` runs inside each tile, so it stays bounded too. By
 default (`--tile auto`) each image runs whole if it fits the memory free on the device, else in the
-largest tiles that fit (`ntire.inference.plan_tiles`); `NTIRE_MEMORY_BUDGET=2GiB` replaces the
+largest tiles that fit (`ntire.tiles.plan_tiles`); `NTIRE_MEMORY_BUDGET=2GiB` replaces the
 measured free memory. `--precision` (default tf32 on CUDA, fp32 elsewhere) and channels_last on
 CUDA are those of `ntire submit`.
 """
@@ -64,9 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from ntire.errors import ConfigError
     from ntire.files import remove_stale_temp_files
     from ntire.images import plan_outputs, read_image, write_png
-    from ntire.inference import BF16_COST, MemoryBudgetError, resolve_precision, upscale_image, use_channels_last
+    from ntire.inference import BF16_COST, resolve_precision, upscale_image, use_channels_last
     from ntire.models.checkpoint import load_model
     from ntire.options import refuse_existing, resolve_device
+    from ntire.tiles import MemoryBudgetError
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)

@@ -134,7 +134,7 @@ def residual_sr_peak_elements(n_feats: int, scale: int) -> int:
 
         elements per LR pixel = (2 + 2 s^2) F + 3 s^2 + 6
 
-    This counts tensors, not workspace (ntire.inference.estimate_memory adds a safety factor). The
+    This counts tensors, not workspace (ntire.tiles.estimate_memory adds a safety factor). The
     count is exact for EDSR and MDSR, whose pre-processing blocks also hold 4 maps at most (a test
     measures it).
     """

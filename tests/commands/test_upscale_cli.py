@@ -64,9 +64,9 @@ def test_tile_auto_is_the_default_and_0_forces_the_whole_image(checkpoints, tmp_
 
 def test_a_small_memory_budget_tiles_and_changes_nothing(checkpoints, tmp_path, rng, monkeypatch):
     """NTIRE_MEMORY_BUDGET below what the whole image needs: auto picks tiles, same output."""
-    from ntire.inference import estimate_memory, plan_tiles, tile_layout
     from ntire.models.build import receptive_field_radius
     from ntire.models.checkpoint import load_model
+    from ntire.tiles import estimate_memory, plan_tiles, tile_layout
 
     image = rng.integers(0, 256, (60, 52, 3), dtype=np.uint8)
     _save(tmp_path / "a.png", image)

@@ -8,10 +8,10 @@ import torch
 
 from ntire.config import ModelConfig
 from ntire.figures import model_label
-from ntire.inference import activation_bytes_per_pixel
 from ntire.models import edsr, mdsr
 from ntire.models.build import build_model, receptive_field_radius
 from ntire.models.networks import NETWORKS
+from ntire.tiles import activation_bytes_per_pixel
 
 
 def test_the_table_maps_each_kind_to_its_module():

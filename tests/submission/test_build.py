@@ -174,7 +174,7 @@ def test_the_tile_flows_from_the_manifest_or_the_override_to_inference(
 def test_a_memory_budget_too_small_for_any_tile_stops_the_build_naming_the_memory(
     tmp_path, write_manifest, build, monkeypatch
 ):
-    from ntire.inference import MemoryBudgetError
+    from ntire.tiles import MemoryBudgetError
 
     monkeypatch.setenv("NTIRE_MEMORY_BUDGET", "1KiB")
     manifest = load_manifest(write_manifest(tmp_path, tile="auto"))
@@ -186,8 +186,8 @@ def test_a_memory_budget_too_small_for_any_tile_stops_the_build_naming_the_memor
 def test_auto_runs_whole_images_when_the_memory_plan_fits_them_else_tiles(tmp_path, write_manifest, build,
                                                                          monkeypatch, checkpoints, dataset):
     import ntire.inference
-    from ntire.inference import estimate_memory
     from ntire.models.checkpoint import load_model
+    from ntire.tiles import estimate_memory
 
     tiled_calls = []
     real = ntire.inference.tiled_forward

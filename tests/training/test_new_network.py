@@ -107,9 +107,10 @@ def test_toy_trains_upscales_tiled_as_whole_and_is_submitted(toy_in_table, datas
     from ntire.config import build_config
     from ntire.figures import model_label
     from ntire.images import read_image
-    from ntire.inference import activation_bytes_per_pixel, upscale_image
+    from ntire.inference import upscale_image
     from ntire.models.build import build_model, receptive_field_radius
     from ntire.models.checkpoint import load_model
+    from ntire.tiles import activation_bytes_per_pixel
     from ntire.training.fit import fit
 
     # Trained by fit(), eager on the CPU, validated and exported like any network.
@@ -162,9 +163,9 @@ def test_toy_trains_upscales_tiled_as_whole_and_is_submitted(toy_in_table, datas
 def test_a_new_network_needs_no_other_module(toy_in_table):
     """The toy's facts reach inference and init_from through the table alone."""
     from ntire.config import ModelConfig
-    from ntire.inference import plan_tiles
     from ntire.models.build import build_model
     from ntire.models.checkpoint import init_from
+    from ntire.tiles import plan_tiles
 
     config = ModelConfig(kind="toy", n_blocks=2, n_feats=8)
     budget = 40 * 2**20  # the whole image would need ~67 MB by the toy's own count
