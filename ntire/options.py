@@ -19,7 +19,8 @@ import types
 import typing
 from typing import Any, Literal, TypeVar
 
-from ntire.config import MODEL_PRESETS, Option, TrainConfig, build_config, from_dict, merge, options, parse_set
+from ntire.config import MODEL_PRESETS, TrainConfig, build_config
+from ntire.config_io import Option, from_dict, merge, options, parse_set
 from ntire.errors import ConfigError, one_line
 from ntire.values import TILE_HELP, parse_bytes, parse_tile
 

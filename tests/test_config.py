@@ -10,16 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ntire.config import (
-    CONFIG_DIR,
-    ModelConfig,
-    TrainConfig,
-    build_config,
-    config_to_yaml,
-    flatten,
-    parse_set,
-    run_name,
-)
+from ntire.config import CONFIG_DIR, ModelConfig, TrainConfig, build_config, config_to_yaml, run_name
+from ntire.config_io import flatten, parse_set
 from ntire.errors import ConfigError
 from ntire.options import add_train_arguments as add_arguments
 

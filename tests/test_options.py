@@ -9,7 +9,8 @@ from typing import Literal
 
 import pytest
 
-from ntire.config import TrainConfig, field_docs, flag, options
+from ntire.config import TrainConfig, flag
+from ntire.config_io import field_docs, options
 from ntire.errors import ConfigError
 from ntire.options import add_config_arguments, add_train_arguments, config_from_args, overrides_from_args
 

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
         if setup.space is None:
             raise ConfigError("--space is required (a search space file or a shipped name: tiny, paper)")
-        from ntire.config import build_config, parse_set
+        from ntire.config import build_config
+        from ntire.config_io import parse_set
 
         # Only --config and --set: the training flags' names (--seed, --output-dir, --resume)
         # are the sweep's own here.

@@ -22,7 +22,8 @@ import torch
 import yaml
 from torch import nn
 
-from ntire.config import ModelConfig, load_yaml, save_yaml, to_dict
+from ntire.config import ModelConfig
+from ntire.config_io import load_yaml, save_yaml, to_dict
 from ntire.errors import CheckpointError, NtireError
 from ntire.files import atomic_path
 from ntire.models.build import build_model, unwrap

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ntire.config import from_dict, read_yaml
+from ntire.config_io import from_dict, read_yaml
 from ntire.data.challenge import SCALES, TRACKS
 from ntire.errors import CheckpointError, ConfigError
 from ntire.values import parse_tile

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from ntire.config import ModelConfig, TrainConfig, from_dict
+from ntire.config import ModelConfig, TrainConfig
+from ntire.config_io import from_dict
 from ntire.errors import CheckpointError, ConfigError
 from ntire.training.state import Checkpoint, best_checkpoint, list_checkpoints
 

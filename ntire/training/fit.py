@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ntire.config import TrainConfig, config_to_yaml, flatten, run_name, to_dict
+from ntire.config import TrainConfig, config_to_yaml, run_name
+from ntire.config_io import flatten, to_dict
 from ntire.errors import CheckpointError, ConfigError, TrainingDiverged
 from ntire.files import atomic_write_text
 from ntire.locks import hold_folder

@@ -99,7 +99,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint folder")
     if not state_file.is_file():
         raise CheckpointError(f"{path}: incomplete checkpoint (no {STATE_FILE}); resume from another one")
-    from ntire.config import read_yaml
+    from ntire.config_io import read_yaml
     from ntire.errors import ConfigError
 
     try:

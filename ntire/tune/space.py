@@ -24,7 +24,8 @@ from typing import Any
 
 from ray import tune
 
-from ntire.config import CONFIG_DIR, TrainConfig, from_dict, options, read_yaml, resolve_shipped
+from ntire.config import CONFIG_DIR, TrainConfig, resolve_shipped
+from ntire.config_io import from_dict, options, read_yaml
 from ntire.errors import ConfigError
 
 SPACE_DIR = CONFIG_DIR / "spaces"
@@ -207,7 +208,7 @@ def _entry(path: str, value: Any, where: str) -> SpaceEntry:
 
 def check_space(space: SearchSpace, base: TrainConfig) -> None:
     """Refuse unknown or reserved fields, and values the training config would refuse."""
-    known = [o.path for o in options()]
+    known = [o.path for o in options(TrainConfig)]
     sections = {p.rsplit(".", i)[0] for p in known for i in range(1, p.count(".") + 1)}
     for e in space.entries:
         if e.path in sections:

@@ -40,7 +40,8 @@ from typing import Any
 
 from ray import tune
 
-from ntire.config import TrainConfig, config_to_yaml, data_name, flatten, from_dict, read_yaml, save_yaml, to_dict
+from ntire.config import TrainConfig, config_to_yaml, data_name
+from ntire.config_io import flatten, from_dict, read_yaml, save_yaml, to_dict
 from ntire.errors import ConfigError
 from ntire.files import atomic_write_text
 from ntire.tune.options import SweepOptions as SweepOptions  # re-exported: run_sweep's callers import it here

@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from ntire.__main__ import build_parser
-from ntire.config import options
+from ntire.config_io import options
 from ntire.data.challenge import SCALES, TRACKS
 from ntire.errors import ConfigError
 from ntire.options import options_from_args

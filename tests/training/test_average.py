@@ -54,7 +54,8 @@ def test_average_last_k_writes_the_mean_model_and_scores_it_beside_the_best(run,
 
 
 def _config_of(run):
-    from ntire.config import TrainConfig, from_dict
+    from ntire.config import TrainConfig
+    from ntire.config_io import from_dict
     from ntire.training.state import list_checkpoints
 
     return from_dict(TrainConfig, list_checkpoints(run)[-1].state.config)

@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ntire.config import ModelConfig, TrainConfig, build_config, merge
+from ntire.config import ModelConfig, TrainConfig, build_config
+from ntire.config_io import merge
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = {"n_blocks": 1, "n_feats": 8}

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ntire.config import TrackingConfig, build_config, merge
+from ntire.config import TrackingConfig, build_config
+from ntire.config_io import merge
 from ntire.training import tracking
 from ntire.training.tracking import Tracker, default_tracking_uri, log_report, provenance_tags, start_tracking
 

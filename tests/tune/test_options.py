@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from ntire.__main__ import build_parser
-from ntire.config import flag, options
+from ntire.config import flag
+from ntire.config_io import options
 from ntire.errors import ConfigError
 from ntire.options import add_config_arguments, options_from_args
 from ntire.tune.options import SweepOptions, SweepSetup
