@@ -53,9 +53,8 @@ import math
 
 import numpy as np
 
-from ntire.errors import ConfigError, ImageError
-
 from ntire.data.challenge import TRACKS
+from ntire.errors import ConfigError, ImageError
 
 CUBIC_A = -0.5
 """The cubic convolution coefficient MATLAB's imresize uses."""

@@ -18,7 +18,6 @@ import numpy as np
 
 from ntire.errors import DataError, ImageError
 
-
 _NPY_UINT8_HEADER = re.compile(
     rb"\{'descr': '\|u1', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \}"
 )

@@ -25,22 +25,21 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
-from ntire.data.challenge import SCALES, TRACKS, Track
 from ntire.data.layout import ImagePair, image_size
+from ntire.data.shard_manifest import MANIFEST_NAME, ShardInfo, ShardManifest, read_manifest, save_manifest
 from ntire.errors import DataError, ImageError, WriteError
 from ntire.files import atomic_path, atomic_write_text, sha256_file
 from ntire.images import encode_png, read_image
 from ntire.locks import hold_folder
 
 ENCODINGS = ("npy", "png")
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "ntire-shards/1"
 VERIFIED_NAME = ".verified.json"
 """Beside the manifest: the size and time at which each shard last matched its sha256, so a reused
 cache is hashed again only where a file changed (kept apart so manifest.json stays reproducible)."""
@@ -50,129 +49,6 @@ DEFAULT_SHARD_MAX_BYTES = 256 * 2**20
 run its own, small enough to stream from object storage without long stalls."""
 
 _TAR_MTIME = 946684800  # 2000-01-01: a fixed member time makes shards byte-reproducible
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """One finished shard, as recorded in the manifest."""
-
-    name: str
-    """File name inside the shard folder, e.g. shard-000003.tar."""
-
-    samples: int
-    """Number of samples (keys) in the shard."""
-
-    bytes: int
-    """File size in bytes."""
-
-    sha256: str
-    """Hex SHA-256 of the file."""
-
-    first_key: str
-    """Key of the first sample."""
-
-    last_key: str
-    """Key of the last sample."""
-
-
-@dataclass
-class ShardManifest:
-    """What a shard folder holds; written as manifest.json beside the shards."""
-
-    track: Track
-    """Degradation track of the LR images (bicubic or unknown)."""
-
-    scales: tuple[int, ...]
-    """LR scales stored in every sample."""
-
-    encoding: str
-    """Image encoding of the members: npy (raw uint8) or png."""
-
-    subimage: int | None
-    """HR sub-image size, or None when samples are whole images."""
-
-    step: int | None
-    """Distance between sub-image origins, or None."""
-
-    shard_max_bytes: int
-    """Target upper bound of a shard's size."""
-
-    mix: int
-    """Source images whose samples are shuffled together."""
-
-    plan_sha256: str
-    """Fingerprint of the planned samples (names, sizes, crops) and the options above."""
-
-
-    total_samples: int
-    """Samples in the finished dataset."""
-
-    source_sha256: str = ""
-    """Fingerprint of the source files (paths, sizes, modification times): a cache built from
-    files that have since been added, removed or changed no longer matches and is rebuilt."""
-
-    source_files: int = 0
-    """Number of source files (HR and LR) the shards were made from."""
-
-    shards: list[ShardInfo] = field(default_factory=list)
-    """Finished shards, in order."""
-
-    complete: bool = False
-    """True once every planned sample is in a finished shard."""
-
-    format: str = MANIFEST_FORMAT
-    """Manifest format tag."""
-
-    def urls(self, shard_dir: str | os.PathLike) -> list[str]:
-        """Local paths of the shards, for train_batches."""
-        return [str(Path(shard_dir) / s.name) for s in self.shards]
-
-    def url_pattern(self, prefix: str) -> str:
-        """A brace pattern for all shards under `prefix` (a folder path or an object-store URL)."""
-        if len(self.shards) == 1:
-            return f"{prefix.rstrip('/')}/{self.shards[0].name}"
-        last = len(self.shards) - 1
-        return f"{prefix.rstrip('/')}/shard-{{{0:06d}..{last:06d}}}.tar"
-
-    def counts(self) -> dict[str, int]:
-        """Samples per shard file name."""
-        return {s.name: s.samples for s in self.shards}
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["scales"] = list(self.scales)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "ShardManifest":
-        try:
-            d = dict(d)
-            d["scales"] = tuple(d["scales"])
-            d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
-            if d.get("format") != MANIFEST_FORMAT:
-                raise DataError(
-                    f"{source}: not an ntire shard manifest (format {d.get('format')!r})"
-                )
-            if d["track"] not in TRACKS or not d["scales"] or any(s not in SCALES for s in d["scales"]):
-                raise DataError(f"{source}: track {d['track']!r} and scales {list(d['scales'])} are not among "
-                                f"the challenge's ({', '.join(TRACKS)}; {', '.join(map(str, SCALES))})")
-            return cls(**d)
-        except (KeyError, TypeError) as e:
-            raise DataError(f"{source}: malformed shard manifest ({e})") from None
-
-
-def read_manifest(path: str | os.PathLike) -> ShardManifest:
-    """Read a manifest file, or the manifest.json inside a shard folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: shard manifest not found") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable shard manifest ({e})") from None
-    return ShardManifest.from_dict(data, str(path))
 
 
 @dataclass(frozen=True)
@@ -508,7 +384,7 @@ def _write(pairs: list[ImagePair], out_dir: Path, *, track: str, scales: tuple[i
     if done == len(plan):
         manifest.complete = True
         if old is None or old.to_dict() != manifest.to_dict():  # a reused cache is left untouched
-            _save(manifest_path, manifest)
+            save_manifest(manifest_path, manifest)
         return manifest
     finished = {s.name for s in manifest.shards}
     for leftover in out_dir.glob("shard-*.tar"):  # unrecorded or invalid: rewritten below
@@ -517,7 +393,7 @@ def _write(pairs: list[ImagePair], out_dir: Path, *, track: str, scales: tuple[i
 
     def on_done(info: ShardInfo) -> None:
         manifest.shards.append(info)
-        _save(manifest_path, manifest)
+        save_manifest(manifest_path, manifest)
 
     sink = _ShardSink(out_dir, len(manifest.shards), int(shard_max_bytes), on_done)
     bar = tqdm(total=len(plan), initial=done, unit="sample", desc=f"shards {out_dir.name}",
@@ -541,7 +417,7 @@ def _write(pairs: list[ImagePair], out_dir: Path, *, track: str, scales: tuple[i
     finally:
         bar.close()
     manifest.complete = True
-    _save(manifest_path, manifest)
+    save_manifest(manifest_path, manifest)
     return manifest
 
 
@@ -604,7 +480,4 @@ def verify_shards(shard_dir: str | os.PathLike) -> ShardManifest:
             raise DataError(f"{path}: sha256 differs from the manifest; the shard is corrupt")
     return manifest
 
-
-def _save(path: Path, manifest: ShardManifest) -> None:
-    atomic_write_text(path, json.dumps(manifest.to_dict(), indent=1) + "\n")
 

@@ -27,15 +27,14 @@ which would split it a second time.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import multiprocessing
 import os
-import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -43,7 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ntire.data.samples import DecodedSample
 from ntire.data.tar_reader import ShardReader, count_samples, expand_urls, shard_file_name
-from ntire.errors import DataError, ImageError
+from ntire.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +392,7 @@ def _warn_few_shards(urls: list[str], world: int, workers: int) -> None:
 def _manifest_counts(urls: list[str], manifest: Any) -> dict[str, int]:
     """Sample count per URL: from `manifest` by shard file name, else from the manifest.json
     beside each local shard."""
-    from ntire.data.shards import MANIFEST_NAME, ShardManifest, read_manifest
+    from ntire.data.shard_manifest import MANIFEST_NAME, ShardManifest, read_manifest
 
     counts: dict[str, int] = {}
     if manifest is not None:

@@ -26,7 +26,8 @@ import io
 import os
 import re
 import tarfile
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from ntire.errors import DataError
 

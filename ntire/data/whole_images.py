@@ -4,8 +4,8 @@ shards): scoring needs every image entire, in a fixed order."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 

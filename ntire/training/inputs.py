@@ -50,7 +50,7 @@ def prepare_training_shards(config: TrainConfig, *, say: Callable[[str], None] =
 def training_urls(config: TrainConfig) -> list[str] | str:
     """The shard URLs to stream: a dataset folder's shard cache (see `prepare_training_shards`),
     a shard folder's shards (it holds manifest.json), or `data.source` itself taken as URLs."""
-    from ntire.data.shards import read_manifest
+    from ntire.data.shard_manifest import read_manifest
 
     source = config.data.source
     kind = _source_kind(source)
@@ -63,7 +63,7 @@ def training_urls(config: TrainConfig) -> list[str] | str:
 
 
 def _source_kind(source: str) -> str:
-    from ntire.data.shards import MANIFEST_NAME
+    from ntire.data.shard_manifest import MANIFEST_NAME
 
     path = Path(source)
     if path.is_dir():
@@ -88,7 +88,7 @@ def shard_cache_name(config: TrainConfig) -> str:
 
 
 def _complete(shard_dir: Path) -> bool:
-    from ntire.data.shards import read_manifest
+    from ntire.data.shard_manifest import read_manifest
 
     try:
         return read_manifest(shard_dir).complete

@@ -365,7 +365,7 @@ def data_tags(source: str | os.PathLike, *, shard_dir: str | os.PathLike | None 
     shard's sha256 and the source files). A dataset folder: `.files_sha256`, the sha256 of its
     file list (relative path and size of every file, sorted), and `.files`, their count.
     """
-    from ntire.data.shards import MANIFEST_NAME
+    from ntire.data.shard_manifest import MANIFEST_NAME
 
     text = str(source)
     path = Path(text)

@@ -12,7 +12,8 @@ import pytest
 
 from ntire.__main__ import main
 from ntire.data import shards as shards_module
-from ntire.data.shards import read_manifest, verify_shards, write_shards
+from ntire.data.shards import verify_shards, write_shards
+from ntire.data.shard_manifest import read_manifest
 from ntire.errors import DataError
 from ntire.images import read_image
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ntire.data.degrade import bicubic_downscale
-from ntire.data.shards import read_manifest
+from ntire.data.shard_manifest import read_manifest
 from ntire.data.stream import train_batches
 from ntire.data.tar_reader import ShardReader
 from ntire.errors import DataError

@@ -28,7 +28,7 @@ def config(tmp_path):
 
 
 def samples(urls) -> int:
-    from ntire.data.shards import read_manifest
+    from ntire.data.shard_manifest import read_manifest
 
     return read_manifest(Path(urls[0]).parent).total_samples
 
