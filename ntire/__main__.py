@@ -21,7 +21,7 @@ from ntire.commands import (
     tune,
     upscale,
 )
-from ntire.errors import NtireError, failed_file_operation, say_on_own_line
+from ntire.errors import run_command
 
 # name -> module with HELP, add_arguments(parser), run(args). Keep in the order a user meets them.
 COMMANDS: dict = {
@@ -58,20 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args._run(args) or 0)
-    except NtireError as e:
-        say_on_own_line(f"ntire {args.command}: error: {e}")
-        return 2
-    except KeyboardInterrupt:
-        say_on_own_line(f"ntire {args.command}: interrupted")
-        return 130
-    except Exception as e:
-        error = failed_file_operation(e)  # a full disk, a read-only folder, a path under a file
-        if error is None:
-            raise
-        say_on_own_line(f"ntire {args.command}: error: {error}")
-        return 2
+    return run_command(f"ntire {args.command}", lambda: args._run(args))
 
 
 if __name__ == "__main__":

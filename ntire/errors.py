@@ -1,6 +1,7 @@
 """Errors a user can act on. The CLI prints their message and exits 2, never a stack trace."""
 
 import sys
+from collections.abc import Callable
 
 
 class NtireError(Exception):
@@ -117,3 +118,23 @@ def one_line(error: BaseException, limit: int = 300, *, first_line: bool = False
     text = text.splitlines()[0] if first_line and text else text
     text = " ".join(text.split()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_command(name: str, command: Callable[[], int | None]) -> int:
+    """Run a command's body and turn what a user can act on into one line on stderr and an exit
+    status: NtireError and refused file operations 2, an interrupt 130. Anything else is a bug and
+    keeps its traceback."""
+    try:
+        return int(command() or 0)
+    except NtireError as e:
+        say_on_own_line(f"{name}: error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        say_on_own_line(f"{name}: interrupted")
+        return 130
+    except Exception as e:
+        error = failed_file_operation(e)  # a full disk, a read-only folder, a path under a file
+        if error is None:
+            raise
+        say_on_own_line(f"{name}: error: {error}")
+        return 2

@@ -22,7 +22,7 @@ if __name__ == "__main__":
 
 import argparse
 
-from ntire.errors import NtireError, failed_file_operation, say_on_own_line
+from ntire.errors import run_command
 
 HELP = "train an EDSR or MDSR network (paper recipe; ready-made setups in ntire/configs/)"
 
@@ -59,17 +59,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`python ntire/train.py ...` / `accelerate launch ntire/train.py ...`."""
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except NtireError as e:
-        say_on_own_line(f"ntire train: error: {e}")
-        return 2
-    except Exception as e:
-        error = failed_file_operation(e)  # a full disk, a read-only folder, a path under a file
-        if error is None:
-            raise
-        say_on_own_line(f"ntire train: error: {error}")
-        return 2
+    return run_command("ntire train", lambda: run(args))
 
 
 if __name__ == "__main__":
