@@ -183,6 +183,7 @@ def concurrent(job: Job, work: Path, rounds: int, rng: random.Random, startup: f
                 job.problems.append(f"{name}: run {i} exited {codes[-1]}: {lines[-1:]}")
         if 0 not in codes:
             job.problems.append(f"{name}: neither run finished")
+            continue  # nothing to compare: the failure is the finding
         for out in dict.fromkeys(outs):
             job.problems += [f"{name}: {p}" for p in job.compare(reference, out) + leftovers(out)]
 
