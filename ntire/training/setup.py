@@ -56,8 +56,10 @@ class StepPlan:
 
 
 def eager_reason(*, device: str, capture: bool, processes: int, deepspeed: bool, precision: str,
-                 compiled: bool) -> str | None:
-    """Why a run cannot capture its step (None: it can)."""
+                 compiled: bool, distributed: bool = False) -> str | None:
+    """Why a run cannot capture its step (None: it can). `distributed`: the launch wraps the model
+    in DDP (or another distributed wrapper) even with one process, as `accelerate launch
+    --multi_gpu --num_processes 1` does."""
     if device != "cuda":
         return f"CUDA graphs need a CUDA device; this run is on {device}"
     if not capture:
@@ -66,6 +68,8 @@ def eager_reason(*, device: str, capture: bool, processes: int, deepspeed: bool,
         return "DeepSpeed owns the optimizer step"
     if processes > 1:
         return f"{processes} processes: DDP's gradient all-reduce is not captured"
+    if distributed:
+        return "a distributed launch wraps the model in DDP, whose gradient hooks are not captured"
     if precision == "fp16":
         return "fp16's gradient scaler reads its scale on the host every step"
     if compiled:
@@ -101,7 +105,7 @@ def training_tflop(model: ModelConfig, *, batch: int, patch: int) -> float:
 
 
 def choose_setup(config: TrainConfig, *, device: str, processes: int, deepspeed: bool,
-                 native_bf16: Callable[[], bool]) -> tuple[str | None, bool | None, str]:
+                 native_bf16: Callable[[], bool], distributed: bool = False) -> tuple[str | None, bool | None, str]:
     """The precision and layout a run uses where the config says `auto` (precision) or nothing
     (channels_last), by what was measured fastest for the model on the device; and why.
 
@@ -125,7 +129,7 @@ def choose_setup(config: TrainConfig, *, device: str, processes: int, deepspeed:
     if not native_bf16():
         return "no", (False if channels_last is None else channels_last), "auto: fp32, no native bf16 on this GPU"
     reason = eager_reason(device=device, capture=config.capture, processes=processes, deepspeed=deepspeed,
-                          precision="bf16", compiled=config.compile)
+                          precision="bf16", compiled=config.compile, distributed=distributed)
     tflop = training_tflop(config.model, batch=config.data.batch_size, patch=config.data.patch_size)
     if reason is None or tflop >= EAGER_BF16_MIN_TFLOP:
         why = ("auto: bf16 + channels_last, fastest with a captured step" if reason is None else
@@ -156,12 +160,16 @@ def resolve_setup(config: TrainConfig, accelerator: Accelerator | None) -> tuple
     if accelerator is not None:
         device, processes = accelerator.device.type, accelerator.num_processes
         deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
+        distributed = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)) != "NO"
     else:
         cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes", "on")
         device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
         processes, deepspeed = launched_world_size(), uses_deepspeed()
+        # torchrun (what `accelerate launch --multi_gpu` runs) sets LOCAL_RANK, and Accelerate then
+        # wraps the model in DDP even for one process.
+        distributed = "LOCAL_RANK" in os.environ
     precision, channels_last, why = choose_setup(config, device=device, processes=processes, deepspeed=deepspeed,
-                                                 native_bf16=native_bf16)
+                                                 native_bf16=native_bf16, distributed=distributed)
     return dataclasses.replace(config, mixed_precision=precision, channels_last=channels_last), why
 
 
@@ -170,8 +178,9 @@ def step_plan(config: TrainConfig, accelerator: Accelerator, setup_why: str) -> 
     device = accelerator.device.type
     deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
     precision = mixed_precision(accelerator)
+    distributed = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)) != "NO"
     eager = eager_reason(device=device, capture=config.capture, processes=accelerator.num_processes,
-                         deepspeed=deepspeed, precision=precision, compiled=config.compile)
+                         deepspeed=deepspeed, precision=precision, compiled=config.compile, distributed=distributed)
     return StepPlan(
         device=device,
         precision=precision,

@@ -171,6 +171,7 @@ def test_each_reason_to_run_eager_is_one_line():
         "processes": (2, "2 processes: DDP's gradient all-reduce is not captured"),
         "precision": ("fp16", "fp16's gradient scaler"),
         "compiled": (True, "--compile"),
+        "distributed": (True, "wraps the model in DDP"),
     }
     for key, (value, expected) in cases.items():
         reason = eager_reason(**{**base, key: value})
@@ -197,10 +198,11 @@ def test_no_capture_flag_comes_from_the_config_field():
 def test_auto_picks_the_measured_fastest_precision_and_layout():
     from ntire.training.setup import choose_setup
 
-    def pick(preset: str, *, device: str = "cuda", processes: int = 1, native: bool = True, **overrides):
+    def pick(preset: str, *, device: str = "cuda", processes: int = 1, native: bool = True, distributed: bool = False,
+             **overrides):
         config = build_config(None, {"model": {"preset": preset}, **overrides})
         precision, channels_last, why = choose_setup(config, device=device, processes=processes, deepspeed=False,
-                                                     native_bf16=lambda: native)
+                                                     native_bf16=lambda: native, distributed=distributed)
         assert why and "\n" not in why
         return precision, channels_last
 
@@ -208,6 +210,7 @@ def test_auto_picks_the_measured_fastest_precision_and_layout():
     assert pick("edsr") == ("bf16", True)
     assert pick("edsr-baseline", processes=2) == ("no", False)  # eager and launch-bound: fp32
     assert pick("edsr-baseline", capture=False) == ("no", False)
+    assert pick("edsr-baseline", distributed=True) == ("no", False)  # one DDP process: eager
     assert pick("edsr", processes=2) == ("bf16", True)  # eager but compute-bound: bf16
     assert pick("edsr-baseline", native=False) == ("no", False)
     assert pick("edsr-baseline", device="cpu") == ("bf16", True)
