@@ -35,7 +35,7 @@ import numpy as np
 from ntire.data.layout import ImagePair, image_size
 from ntire.data.shard_manifest import MANIFEST_NAME, ShardInfo, ShardManifest, read_manifest, save_manifest
 from ntire.errors import DataError, ImageError, WriteError
-from ntire.files import atomic_path, atomic_write_text, sha256_file
+from ntire.files import atomic_path, atomic_write_text, remove_stale_temp_files, sha256_file
 from ntire.images import encode_png, read_image
 from ntire.locks import hold_folder
 
@@ -357,6 +357,7 @@ def _write(pairs: list[ImagePair], out_dir: Path, *, track: str, scales: tuple[i
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".shard-*.tmp"):  # left by a killed run; never a finished shard
         stale.unlink()
+    remove_stale_temp_files(out_dir, [MANIFEST_NAME, VERIFIED_NAME])  # killed mid-way through an atomic write
     manifest_path = out_dir / MANIFEST_NAME
     old: ShardManifest | None = None
     if manifest_path.exists():

@@ -92,6 +92,20 @@ def test_output_is_byte_identical(train_pairs, tmp_path):
     assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
 
 
+def test_a_rerun_clears_the_debris_of_a_killed_manifest_write(train_pairs, tmp_path):
+    # A SIGKILL between an atomic write's temporary file and its rename leaves `.manifest.json.*.tmp`
+    # (the fault soak caught it): the next writer of the folder removes it, and nothing else.
+    out = tmp_path / "shards"
+    _write(train_pairs[:1], out)
+    debris = [out / ".manifest.json.k1ll3d.tmp", out / "..verified.json.k1ll3d.tmp"]  # as atomic_path names them
+    for path in debris:
+        path.write_text("{half")
+    keep = out / "notes.txt"
+    keep.write_text("mine")
+    _write(train_pairs[:1], out)
+    assert [p.name for p in debris if p.exists()] == [] and keep.read_text() == "mine"
+
+
 def test_interrupted_run_resumes_without_touching_finished_shards(train_pairs, tmp_path, monkeypatch):
     pairs = train_pairs[:2]
     full = _write(pairs, tmp_path / "full")
