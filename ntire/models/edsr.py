@@ -11,7 +11,6 @@ network.py): its builder, receptive field, activation memory, init-from roles an
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
@@ -25,7 +24,7 @@ from ntire.models.blocks import (
     reach_through_tail,
     residual_sr_peak_elements,
 )
-from ntire.models.network import DIV2K_RGB_MEAN, Architecture, Network
+from ntire.models.network import DIV2K_RGB_MEAN, Architecture, Network, tail_roles
 
 
 class EDSR(nn.Module):
@@ -102,17 +101,8 @@ def activation_elements_per_pixel(config: Architecture, scale: int) -> int:
     return residual_sr_peak_elements(config.n_feats, scale)
 
 
-_UPSAMPLER = re.compile(r"tail\.0\.(\d+\..*)")
-_FINAL = re.compile(r"tail\.1\.(.*)")
-
-
-def role(key: str) -> str:
-    """`tail.0.*` is the upsampler, `tail.1.*` the final conv (MDSR's `tail.0`); the rest as named."""
-    if m := _UPSAMPLER.fullmatch(key):
-        return f"upsampler.{m.group(1)}"
-    if m := _FINAL.fullmatch(key):
-        return f"final.{m.group(1)}"
-    return key
+role = tail_roles(upsampler=r"tail\.0\.(\d+\..*)", final=r"tail\.1\.(.*)")
+"""`tail.0.*` is the upsampler, `tail.1.*` the final conv (MDSR's `tail.0`); the rest as named."""
 
 
 NETWORK = Network(

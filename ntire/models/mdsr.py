@@ -13,7 +13,6 @@ network.py): its builder, receptive field, activation memory, init-from roles an
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
@@ -27,7 +26,7 @@ from ntire.models.blocks import (
     reach_through_tail,
     residual_sr_peak_elements,
 )
-from ntire.models.network import DIV2K_RGB_MEAN, Architecture, Network
+from ntire.models.network import DIV2K_RGB_MEAN, Architecture, Network, tail_roles
 
 
 class MDSR(nn.Module):
@@ -113,17 +112,8 @@ def activation_elements_per_pixel(config: Architecture, scale: int) -> int:
     return residual_sr_peak_elements(config.n_feats, scale)
 
 
-_UPSAMPLER = re.compile(r"upsample\.(\d+\..*)")
-_FINAL = re.compile(r"tail\.0\.(weight|bias)")
-
-
-def role(key: str) -> str:
-    """`upsample.*` are the upsamplers, `tail.0` the final conv (EDSR's `tail.1`); the rest as named."""
-    if m := _UPSAMPLER.fullmatch(key):
-        return f"upsampler.{m.group(1)}"
-    if m := _FINAL.fullmatch(key):
-        return f"final.{m.group(1)}"
-    return key
+role = tail_roles(upsampler=r"upsample\.(\d+\..*)", final=r"tail\.0\.(weight|bias)")
+"""`upsample.*` are the upsamplers, `tail.0` the final conv (EDSR's `tail.1`); the rest as named."""
 
 
 NETWORK = Network(

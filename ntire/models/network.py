@@ -13,6 +13,7 @@ fast to import.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -64,6 +65,22 @@ class SRNetwork(Protocol):
 def same_role(key: str) -> str:
     """The role of a state_dict key that needs no renaming: the key itself."""
     return key
+
+
+def tail_roles(*, upsampler: str, final: str) -> Callable[[str], str]:
+    """A `role` for a network whose upsampler keys match the regular expression `upsampler` and
+    whose final conv's match `final` (each with one group: the rest of the key): those become
+    `upsampler.<rest>` and `final.<rest>`, every other key stays as it is."""
+    upsampler_re, final_re = re.compile(upsampler), re.compile(final)
+
+    def role(key: str) -> str:
+        if m := upsampler_re.fullmatch(key):
+            return f"upsampler.{m.group(1)}"
+        if m := final_re.fullmatch(key):
+            return f"final.{m.group(1)}"
+        return key
+
+    return role
 
 
 @dataclass(frozen=True)
