@@ -91,7 +91,7 @@ def section_mdsr(run: Run, sec: Section) -> None:
         plan = step_plan(config, accelerator, "precision as configured")
         model = build_model(config.model)
         o = config.optim
-        optimizer = make_optimizer(model, o, fused=plan.fused_adam, capturable=plan.captured, device=accelerator.device)
+        optimizer = make_optimizer(model, o, fused=plan.fused_adam, capturable=plan.captured)
         model, optimizer = accelerator.prepare(model, optimizer)
         step_fn = training_step(model, optimizer, accelerator, config, plan, lr=o.lr)
         cleanup.enter_context(conv_autotuning(accelerator.device))  # as fit() trains

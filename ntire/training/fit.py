@@ -167,8 +167,7 @@ def fit(
         set_seed(config.seed)  # the same initial weights on every process
         plan = step_plan(config, accelerator, setup_why)
         model = build_training_model(config, fresh=resume is None, say=say)
-        optimizer = make_optimizer(model, config.optim, fused=plan.fused_adam, capturable=plan.captured,
-                                   device=accelerator.device)
+        optimizer = make_optimizer(model, config.optim, fused=plan.fused_adam, capturable=plan.captured)
         model, optimizer = accelerator.prepare(model, optimizer)
 
         # -- Resume: weights, optimizer, every process's RNG and the loader position.
@@ -244,8 +243,8 @@ def fit(
         model.train()
         while step < config.max_steps:
             # -- One update: grad_accum micro-batches of one scale each (MDSR runs only its branch).
-            if learning_rate(config.optim, step) != lr:
-                lr = learning_rate(config.optim, step)
+            if (scheduled := learning_rate(config.optim, step)) != lr:
+                lr = scheduled
                 set_lr(optimizer, lr)
             micro_batches = [next(stream) for _ in range(config.optim.grad_accum)]
             drawn += len(micro_batches)

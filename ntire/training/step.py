@@ -52,22 +52,20 @@ def learning_rate(optim: OptimConfig, step: int) -> float:
     return optim.lr * optim.lr_gamma ** (step // optim.lr_step)
 
 
-def make_optimizer(model: nn.Module, optim: OptimConfig, *, fused: bool, capturable: bool,
-                   device: torch.device) -> torch.optim.Adam:
+def make_optimizer(model: nn.Module, optim: OptimConfig, *, fused: bool, capturable: bool) -> torch.optim.Adam:
     """The paper's Adam. `fused` (CUDA): one kernel for all parameters. `capturable`: its step
-    counters and learning rate live on the device, so a CUDA graph replays it with the current lr."""
-    lr: float | torch.Tensor = optim.lr
-    if capturable:
-        lr = torch.tensor(optim.lr, dtype=torch.float32, device=device)
+    counters live on the device, so a CUDA graph can replay it (configure_optimizer then puts the
+    learning rate there too)."""
     kwargs: dict[str, Any] = {"fused": True} if fused else {}
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=optim.betas, eps=optim.eps,
+    return torch.optim.Adam(model.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps,
                             weight_decay=optim.weight_decay, capturable=capturable, **kwargs)
 
 
 def configure_optimizer(optimizer: torch.optim.Optimizer, *, fused: bool, capturable: bool,
                         lr: float, device: torch.device) -> None:
-    """Make a (possibly resumed) Adam run as this run needs: a checkpoint carries its writer's
-    flags (a CPU run's step counters on the host, a float lr), which a captured step cannot use."""
+    """Make a (possibly resumed) Adam run as this run needs, at learning rate `lr`: a checkpoint
+    carries its writer's flags (a CPU run's step counters on the host, a float lr), which a captured
+    step cannot use. A captured step reads the lr from a device tensor that set_lr fills in place."""
     for group in optimizer.param_groups:
         group["fused"] = fused or None
         group["capturable"] = capturable
@@ -94,11 +92,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 # The step
 
 
-def model_inputs(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch's uint8 LR and HR patches as float [0, 255] tensors on `device` (copied from pinned
-    memory without blocking when the loader pinned them)."""
-    lr = torch.as_tensor(batch.lr).to(device, non_blocking=True).float()
-    hr = torch.as_tensor(batch.hr).to(device, non_blocking=True).float()
+def model_inputs(lr: torch.Tensor, hr: torch.Tensor, device: torch.device,
+                 channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 LR and HR patches as float [0, 255] tensors on `device` (copied from pinned memory
+    without blocking when the loader pinned them; already there for a captured step's inputs)."""
+    lr = torch.as_tensor(lr).to(device, non_blocking=True).float()
+    hr = torch.as_tensor(hr).to(device, non_blocking=True).float()
     if channels_last:
         lr = lr.contiguous(memory_format=torch.channels_last)
     return lr, hr
@@ -174,7 +173,7 @@ class TrainStep:
         accelerator, config = self.accelerator, self.config
         total = torch.zeros((), device=self.device)
         for batch in micro_batches:
-            lr, hr = model_inputs(batch, self.device, config.channels_last)
+            lr, hr = model_inputs(batch.lr, batch.hr, self.device, config.channels_last)
             with accelerator.accumulate(self.model):
                 loss = self.loss_fn(self.model(lr, batch.scale), hr)
                 accelerator.backward(loss)
@@ -275,9 +274,7 @@ class CapturedStep(TrainStep):
         inputs = self.inputs[key]
         total = torch.zeros((), device=self.device)
         for lr_u8, hr_u8, scale in inputs:
-            lr, hr = lr_u8.float(), hr_u8.float()
-            if self.config.channels_last:
-                lr = lr.contiguous(memory_format=torch.channels_last)
+            lr, hr = model_inputs(lr_u8, hr_u8, self.device, self.config.channels_last)
             loss = self.loss_fn(self.model(lr, scale), hr)
             (loss / len(inputs)).backward()
             total = total + loss.detach()
