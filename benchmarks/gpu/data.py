@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.gpu.context import ROOT, Run
-from benchmarks.gpu.report import atomic_write
+from ntire.files import atomic_write_text
 
 WHEEL_PACKAGES = ("webdataset", "braceexpand")
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -30,7 +30,7 @@ def wait_data(run: Run) -> dict[str, Any]:
         raise RuntimeError("the synthetic dataset was not ready before the deadline") from None
     log = (run.data_dir / "make-data.log").read_text() if (run.data_dir / "make-data.log").exists() else ""
     (run.report.out / "logs").mkdir(parents=True, exist_ok=True)
-    atomic_write(run.report.out / "logs" / "make-data.log", log)
+    atomic_write_text(run.report.out / "logs" / "make-data.log", log)
     if rc != 0:
         raise RuntimeError(f"making the synthetic dataset failed (exit {rc}): {log.strip()[-1500:]}")
     run.data_info = json.loads((run.data_dir / "data.json").read_text())
@@ -88,7 +88,7 @@ def make_data(out: Path, images: int, height: int, width: int, workers: int) -> 
             "shards_dir": str(out / "shards"), "dataset": str(root),
             "lr_example": str(root / "DIV2K/DIV2K_train_LR_bicubic/X2/0001x2.png"),
             "seconds": time.perf_counter() - started}
-    atomic_write(out / "data.json", json.dumps(info, indent=1))
+    atomic_write_text(out / "data.json", json.dumps(info, indent=1))
 
 
 def start_data(run: Run) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ntire.files import atomic_write_text
 
 MEASURED, PROJECTED = "measured", "projected"
 
@@ -60,8 +61,8 @@ class Report:
     def write(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         data = {**self.meta, "summary": self.summary(), "sections": [asdict(s) for s in self.sections.values()]}
-        atomic_write(self.out / "report.json", json.dumps(data, indent=1, default=str) + "\n")
-        atomic_write(self.out / "report.md", self.markdown())
+        atomic_write_text(self.out / "report.json", json.dumps(data, indent=1, default=str) + "\n")
+        atomic_write_text(self.out / "report.md", self.markdown())
 
     def markdown(self) -> str:
         m, s = self.meta, self.summary()
@@ -108,10 +109,3 @@ def cell(value: Any) -> str:
             return str(value)
         return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
     return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-

@@ -200,7 +200,7 @@ def fit(
 
         # -- Tracking: the config as params, as resolved (precision, log interval), and tags saying
         # where the run came from (code, versions, host, devices, data).
-        precision = mixed_precision(accelerator)
+        precision = plan.precision
         log_every = log_interval(config)
         tracker = cleanup.enter_context(
             start_tracking(
