@@ -84,6 +84,12 @@ def launched_world_size() -> int:
     return 1
 
 
+def uses_cpu() -> bool:
+    """Whether the launch asks for the CPU even where a GPU is (`ACCELERATE_USE_CPU`, as
+    `accelerate launch --cpu` and cluster/accelerate/cpu_2proc.yaml set it)."""
+    return _env_flag("ACCELERATE_USE_CPU")
+
+
 def uses_deepspeed() -> bool:
     """Whether `accelerate launch` asked for DeepSpeed (`--use_deepspeed` or a DEEPSPEED config)."""
     return _env_flag("ACCELERATE_USE_DEEPSPEED")
@@ -92,7 +98,7 @@ def uses_deepspeed() -> bool:
 def check_launch() -> None:
     """Refuse launch settings that Accelerate would silently turn into something else."""
     deepspeed = uses_deepspeed()
-    if deepspeed and _env_flag("ACCELERATE_USE_CPU"):
+    if deepspeed and uses_cpu():
         raise ConfigError(
             "ACCELERATE_USE_CPU is set together with DeepSpeed (--use_deepspeed); Accelerate would "
             "silently train without DeepSpeed. Unset ACCELERATE_USE_CPU: on a machine without a GPU "
@@ -109,7 +115,7 @@ def check_launch() -> None:
     # WORLD_SIZE (its launcher leaves spawning to mpirun, which sets the MPI sizes). The launcher
     # always sets ACCELERATE_MIXED_PRECISION: a plain `python` run with MASTER_ADDR is left alone.
     if (
-        _env_flag("ACCELERATE_USE_CPU")
+        uses_cpu()
         and "ACCELERATE_MIXED_PRECISION" in os.environ
         and "MASTER_ADDR" in os.environ
         and "WORLD_SIZE" not in os.environ

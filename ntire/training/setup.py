@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ntire.config import ModelConfig, TrainConfig
-from ntire.training.distributed import has_gpu, launched_world_size, mixed_precision, uses_deepspeed
+from ntire.training.distributed import has_gpu, launched_world_size, mixed_precision, uses_cpu, uses_deepspeed
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -142,7 +142,7 @@ def choose_setup(config: TrainConfig, *, device: str, processes: int, deepspeed:
 
 def native_bf16() -> bool:
     """Whether the training device computes bf16 natively (fast) rather than by emulation."""
-    if has_gpu() and os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() not in ("1", "true", "yes", "on"):
+    if has_gpu() and not uses_cpu():
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     # Private probes, guarded: without AVX512-BF16 or AMX, CPU bf16 convolutions are emulated
     # (measured over 10x slower than fp32 on an AVX2-only EPYC).
@@ -162,8 +162,7 @@ def resolve_setup(config: TrainConfig, accelerator: Accelerator | None) -> tuple
         deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
         distributed = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)) != "NO"
     else:
-        cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes", "on")
-        device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
+        device = "cuda" if torch.cuda.is_available() and not uses_cpu() else "cpu"
         processes, deepspeed = launched_world_size(), uses_deepspeed()
         # torchrun (what `accelerate launch --multi_gpu` runs) sets LOCAL_RANK, and Accelerate then
         # wraps the model in DDP even for one process.
