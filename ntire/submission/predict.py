@@ -190,15 +190,11 @@ def _finished(out: Path, lr_size: tuple[int, int], scale: int) -> bool:
 
 
 def _lr_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
+    """(width, height) from the header, as PNG headers order them (the pixel limit checked too)."""
+    from ntire.data.layout import image_size
 
-    from ntire.errors import ImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except OSError as e:
-        raise ImageError(f"{path}: cannot read image ({e})") from None
+    height, width = image_size(path)
+    return width, height
 
 
 def predict(
